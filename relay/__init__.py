@@ -1,0 +1,1 @@
+"""Cisco XDR relay for the Threatscore threat-intelligence service."""

@@ -1,0 +1,90 @@
+"""Relay errors and the XDR error envelope.
+
+Every failure the caller can see is a `RelayError`: a code from the XDR
+vocabulary and a plain-words message. They are answered with HTTP 200 inside
+`{"errors": [...], "data": {...}}` so that XDR shows the message.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    code = "unknown"
+    error_type = "fatal"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_entry(self) -> dict:
+        return {"type": self.error_type, "code": self.code, "message": self.message}
+
+    def about(self, observable_value: str) -> RelayError:
+        """The same error, its message naming the observable it concerns."""
+        named = type(self).__new__(type(self))
+        RelayError.__init__(named, f"{observable_value}: {self.message}")
+        return named
+
+
+class InvalidArgumentError(RelayError):
+    code = "invalid argument"
+
+
+class AuthorizationError(RelayError):
+    code = "authorization error"
+
+    def __init__(self, reason: str):
+        super().__init__(f"Authorization failed: {reason}")
+        self.reason = reason
+
+
+class NotFoundError(RelayError):
+    code = "not found"
+
+
+class MethodNotAllowedError(RelayError):
+    code = "method not allowed"
+
+
+class UpstreamUnavailableError(RelayError):
+    code = "service unavailable"
+
+
+class TooManyRequestsError(RelayError):
+    code = "too many requests"
+
+
+class UpstreamTimeoutError(RelayError):
+    code = "timeout"
+
+
+class UpstreamConnectionError(RelayError):
+    code = "connection error"
+
+
+class UpstreamTLSError(RelayError):
+    code = "tls error"
+
+
+class UpstreamFormatError(RelayError):
+    code = "key error"
+
+
+class DeadlineExceededError(RelayError):
+    code = "timeout"
+
+
+class HealthCheckError(RelayError):
+    code = "health check failed"
+
+
+class InternalError(RelayError):
+    code = "internal error"
+
+
+def envelope(errors: list[RelayError], data: dict | list | None = None) -> dict:
+    """The XDR error answer; `data` (what was gathered) is kept when not empty."""
+    body: dict = {"errors": [error.to_entry() for error in errors]}
+    if data:
+        body["data"] = data
+    return body
