@@ -7,8 +7,9 @@ receives a `Settings` instance.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")

@@ -1,0 +1,128 @@
+"""A fake Threatscore: a real HTTP server on 127.0.0.1 (pytest-httpserver, threaded).
+
+Tests script what each value answers (`answer`), and read back what the
+upstream really received (`requests_for`, `raw_paths`). Unknown values get
+the 404 "Observable not found" that means "no data".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+NOT_FOUND_BODY = {"error": {"type": "Client Error", "code": "404", "message": "Observable not found"}}
+
+
+@dataclass
+class Scripted:
+    status: int = 200
+    body: object = None  # JSON-encoded unless bytes/str
+    headers: dict | None = None
+    delay: float = 0.0
+    content_type: str = "application/json"
+    fault: str | None = None  # "reset": close mid-body; "trickle": one byte every `trickle_every` s
+    trickle_every: float = 0.5
+
+    def response(self) -> Response:
+        if self.delay:
+            time.sleep(self.delay)
+        payload = self.body if isinstance(self.body, (bytes, str)) else json.dumps(self.body)
+        payload = payload.encode() if isinstance(payload, str) else payload
+        if self.fault == "reset":
+            return Response(
+                self._reset_after(payload[:10]),
+                status=self.status,
+                headers={"Content-Length": str(len(payload) + 1000)},
+                content_type=self.content_type,
+            )
+        if self.fault == "trickle":
+            return Response(self._trickle(payload), status=self.status, content_type=self.content_type)
+        return Response(payload, status=self.status, headers=self.headers, content_type=self.content_type)
+
+    @staticmethod
+    def _reset_after(first: bytes):
+        yield first
+        raise ConnectionResetError("the fake drops the connection mid-body")
+
+    def _trickle(self, payload: bytes):
+        for index in range(len(payload)):
+            time.sleep(self.trickle_every)
+            yield payload[index : index + 1]
+
+
+class FakeThreatscore:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, ssl_context=None):
+        self.server = HTTPServer(host=host, port=port, threaded=True, ssl_context=ssl_context)
+        self.latency = latency
+        self._scripts: dict[str, Scripted] = {}
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        self.raw_paths: list[str] = []
+        self.user_agents: list[str] = []
+
+    # --- lifecycle ---
+    def start(self) -> FakeThreatscore:
+        self.server.expect_request(re.compile(r"^/.*")).respond_with_handler(self._handle)
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server.is_running():
+            self.server.stop()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.server.ssl_context else "http"
+        return f"{scheme}://{self.server.host}:{self.server.port}"
+
+    # --- scripting ---
+    def answer(self, value: str, body: object = None, status: int = 200, **options) -> None:
+        """What `GET /api/score/{value}` answers from now on."""
+        with self._lock:
+            self._scripts[value] = Scripted(status=status, body=body, **options)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._scripts.clear()
+            self._calls.clear()
+            self.raw_paths.clear()
+            self.user_agents.clear()
+
+    # --- observing ---
+    def calls_for(self, value: str) -> int:
+        with self._lock:
+            return self._calls[value]
+
+    @property
+    def total_calls(self) -> int:
+        with self._lock:
+            return sum(self._calls.values())
+
+    def _handle(self, request: Request) -> Response:
+        raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
+        prefix = "/api/score/"
+        with self._lock:
+            self.raw_paths.append(raw_path)
+            self.user_agents.append(request.headers.get("User-Agent", ""))
+            if not raw_path.startswith(prefix):
+                return Response(
+                    json.dumps({"error": {"type": "Client Error", "code": "404", "message": "Not Found"}}),
+                    status=404,
+                    content_type="application/json",
+                )
+            value = unquote(raw_path[len(prefix) :])
+            self._calls[value] += 1
+            scripted = self._scripts.get(value)
+        if self.latency:
+            time.sleep(self.latency)
+        if scripted is None:
+            return Response(json.dumps(NOT_FOUND_BODY), status=404, content_type="application/json")
+        return scripted.response()

@@ -1,0 +1,72 @@
+import pytest
+
+from relay.config import ConfigError, Settings
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings.threatscore_api_url == "https://threatscore.cyberprotect.cloud"
+    assert settings.threatscore_ui_url == "https://threatscore.cyberprotect.cloud"
+    assert (settings.threatscore_connect_timeout, settings.threatscore_read_timeout) == (3.0, 5.0)
+    assert settings.ctr_entities_limit == 100 and settings.ctim_valid_days == 7
+    assert settings.relay_auth == "jwks"
+    assert settings.health_observable == "127.0.0.100"
+
+
+def test_values_are_parsed_and_normalised():
+    settings = Settings.from_env(
+        {
+            "THREATSCORE_API_URL": "http://127.0.0.1:9000/",
+            "THREATSCORE_TIMEOUT": "1.5,8",
+            "CTR_ENTITIES_LIMIT": "20",
+            "CTIM_VALID_DAYS": "2",
+            "RELAY_AUTH": "NONE",
+            "RELAY_AUDIENCE": "https://a.example/relay/, https://b.example",
+            "RELAY_JWKS_HOSTS": "Keys.Example:8443,other.example",
+        }
+    )
+    assert settings.threatscore_api_url == "http://127.0.0.1:9000"
+    assert (settings.threatscore_connect_timeout, settings.threatscore_read_timeout) == (1.5, 8.0)
+    assert settings.ctr_entities_limit == 20 and settings.ctim_valid_days == 2
+    assert settings.relay_auth == "none"
+    assert settings.audience == ("https://a.example/relay", "https://b.example")
+    assert settings.jwks_hosts == ("keys.example:8443", "other.example")
+
+
+def test_a_single_timeout_sets_both():
+    settings = Settings.from_env({"THREATSCORE_TIMEOUT": "4"})
+    assert (settings.threatscore_connect_timeout, settings.threatscore_read_timeout) == (4.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CTR_ENTITIES_LIMIT", "0", "CTR_ENTITIES_LIMIT: must be a positive integer"),
+        ("CTR_ENTITIES_LIMIT", "ten", "CTR_ENTITIES_LIMIT: invalid value"),
+        ("CTIM_VALID_DAYS", "-1", "CTIM_VALID_DAYS: must be a positive integer"),
+        ("THREATSCORE_TIMEOUT", "0", "THREATSCORE_TIMEOUT: must be a positive number"),
+        ("THREATSCORE_TIMEOUT", "1,2,3", "THREATSCORE_TIMEOUT: must be SECONDS or CONNECT,READ"),
+        ("THREATSCORE_TIMEOUT", "nan", "THREATSCORE_TIMEOUT: must be a positive number"),
+        ("THREATSCORE_API_URL", "ftp://x", "THREATSCORE_API_URL: must be an http(s) URL"),
+        ("THREATSCORE_UI_URL", "not a url", "THREATSCORE_UI_URL: must be an http(s) URL"),
+        ("RELAY_AUTH", "maybe", "RELAY_AUTH: must be one of jwks, secret, none"),
+        ("RELAY_JWKS_URL_TEMPLATE", "https://x/jwks", "must contain {host}"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL: must be DEBUG"),
+    ],
+)
+def test_bad_values_are_clear_errors(name, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env({name: value})
+
+
+def test_secret_mode_needs_a_long_secret():
+    with pytest.raises(ConfigError, match="RELAY_AUTH=secret needs RELAY_SECRET"):
+        Settings.from_env({"RELAY_AUTH": "secret"})
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        Settings.from_env({"RELAY_AUTH": "secret", "RELAY_SECRET": "short"})
+    assert Settings.from_env({"RELAY_AUTH": "secret", "RELAY_SECRET": "s" * 32}).secret == "s" * 32
+
+
+def test_secrets_never_show_in_repr():
+    settings = Settings.from_env({"RELAY_SECRET": "x" * 40, "REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0"})
+    assert "xxxx" not in repr(settings) and "hunter2" not in repr(settings)

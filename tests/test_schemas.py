@@ -1,0 +1,148 @@
+import json
+
+import pytest
+
+from relay.errors import InvalidArgumentError, UpstreamFormatError
+from relay.observables import Observable
+from relay.schemas import parse_observables, parse_score_answer
+from tests import answers
+
+
+def parse(payload, max_observables=1000, max_value_length=1024):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return parse_observables(body, max_observables, max_value_length)
+
+
+def test_supported_types_are_kept_in_order_with_the_callers_value():
+    observables = parse(
+        [
+            {"type": "IP", "value": "1.1.1.1"},
+            {"type": "sha256", "value": "ab" * 32},
+            {"type": "Domain", "value": "Example.COM."},
+            {"type": "ipv6", "value": "2001:DB8::1"},
+        ]
+    )
+    assert observables == [
+        Observable("ip", "1.1.1.1", "1.1.1.1"),
+        Observable("domain", "Example.COM.", "example.com"),
+        Observable("ipv6", "2001:DB8::1", "2001:db8::1"),
+    ]
+
+
+def test_duplicates_and_equivalent_spellings_collapse_to_the_first():
+    observables = parse(
+        [
+            {"type": "ip", "value": "1.1.1.1"},
+            {"type": "ip", "value": "1.1.1.1"},
+            {"type": "domain", "value": "example.com"},
+            {"type": "domain", "value": "EXAMPLE.com."},
+            {"type": "ipv6", "value": "2001:db8::1"},
+            {"type": "ipv6", "value": "2001:0db8:0:0:0:0:0:1"},
+        ]
+    )
+    assert [o.value for o in observables] == ["1.1.1.1", "example.com", "2001:db8::1"]
+
+
+def test_invalid_values_are_dropped_silently():
+    assert parse([{"type": "ip", "value": "not-an-ip"}, {"type": "domain", "value": "bad domain"}]) == []
+
+
+def test_extra_keys_are_ignored():
+    assert parse([{"type": "ip", "value": "1.1.1.1", "id": 3, "x": {}}])[0].value == "1.1.1.1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"", "Invalid JSON payload"),
+        (b"{not json", "Invalid JSON payload"),
+        (b"\xff\xfe", "Invalid JSON payload"),
+        ({"type": "ip", "value": "1.1.1.1"}, "expected a list of observables, got an object"),
+        ("1.1.1.1", "got a string"),
+        (42, "got a number"),
+        (None, "got null"),
+        (["1.1.1.1"], "item 0"),
+        ([{"value": "1.1.1.1"}], "item 0: type: Missing data for required field."),
+        ([{"type": "ip"}], "item 0: value: Missing data for required field."),
+        ([{"type": "", "value": "1.1.1.1"}], "item 0: type: Shorter than minimum length 1."),
+        ([{"type": "ip", "value": ""}], "item 0: value"),
+        ([{"type": "ip", "value": 1}], "item 0: value: Not a valid string."),
+        ([{"type": ["ip"], "value": "1.1.1.1"}], "item 0: type: Not a valid string."),
+        ([{"type": "ip", "value": {"a": 1}}], "item 0: value: Not a valid string."),
+        ([{"type": "ip", "value": None}], "item 0: value"),
+    ],
+)
+def test_malformed_bodies_are_invalid_arguments_that_say_what_is_wrong(payload, message):
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse(payload)
+    assert message in raised.value.message
+    assert raised.value.code == "invalid argument"
+
+
+def test_the_second_bad_item_is_named():
+    with pytest.raises(InvalidArgumentError, match="item 1: value"):
+        parse([{"type": "ip", "value": "1.1.1.1"}, {"type": "ip", "value": 7}])
+
+
+def test_limits_on_count_and_value_length():
+    with pytest.raises(InvalidArgumentError, match="Too many observables: 3 sent, at most 2"):
+        parse([{"type": "ip", "value": "1.1.1.1"}] * 3, max_observables=2)
+    with pytest.raises(InvalidArgumentError, match="longer than 10 characters"):
+        parse([{"type": "domain", "value": "a" * 11}], max_value_length=10)
+
+
+# --- Threatscore answers ---
+
+
+@pytest.mark.parametrize(
+    "body",
+    [answers.NO_DATA_NESTED_EMPTY, answers.NO_DATA_NO_SCORES, answers.NO_DATA_BARE_LIST, {"scores": []}],
+)
+def test_every_no_data_form_is_no_data(body):
+    assert parse_score_answer(body) is None
+
+
+def test_found_answer_is_normalised():
+    answer = parse_score_answer(answers.FOUR_ENGINES)
+    entry = answer["scores"][0]
+    assert entry["date"] == "2021-06-14T08:30:05.120+00:00"
+    assert entry["score"] == pytest.approx(0.3397058823529412)
+    assert [d["score"] for d in entry["details"]] == [0, 0.9, 0.5, 0.175]
+    assert set(answer) == {"scores"}
+    json.dumps(answer)  # cacheable as JSON
+
+
+def test_history_is_sorted_newest_first():
+    dates = [entry["date"][:4] for entry in parse_score_answer(answers.HISTORY)["scores"]]
+    assert dates == ["2022", "2021", "2020"]
+
+
+def test_legacy_strings_and_dates_are_accepted():
+    entry = parse_score_answer(answers.LEGACY_2018)["scores"][0]
+    assert entry["score"] == 0.99 and entry["date"] == "2018-10-12T00:00:00.000+00:00"
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (answers.BROKEN_MISSING_DATE, "date"),
+        (answers.BROKEN_MISSING_SCORES, "score"),
+        (answers.RESULTS_UNDER_OTHER_KEY, "unknown keys: results"),
+        ({"scores": "many"}, "'scores' is not a list"),
+        ({"scores": [{"date": "yesterday", "score": 1, "details": []}]}, "date"),
+        ({"scores": [{"date": "2020-01-01", "score": "high", "details": []}]}, "score"),
+        ({"scores": [{"date": "2020-01-01", "score": True, "details": []}]}, "score"),
+        ({"scores": [{"date": "2020-01-01", "score": 1}]}, "details"),
+        ({"scores": [["a"]]}, "scores"),
+        ([{"scores": []}], "a list"),
+        ("text", "JSON a string"),
+        (3, "JSON a number"),
+        (None, "JSON null"),
+    ],
+)
+def test_unexpected_structures_are_key_errors(body, detail):
+    with pytest.raises(UpstreamFormatError) as raised:
+        parse_score_answer(body)
+    assert raised.value.code == "key error"
+    assert raised.value.message.startswith("Threatscore answered in an unexpected format")
+    assert detail in raised.value.message
