@@ -8,7 +8,7 @@ PORT ?= 8080
 RELAY_AUTH ?= none
 export RELAY_AUTH
 
-.PHONY: run test lint unit bench clean
+.PHONY: run test lint unit redis-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-unit: $(VENV)/.dev
+# The cache tests need a real Redis server; install Debian's when it is missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
+unit: $(VENV)/.dev redis-server
 	$(BIN)/python -m pytest
 
 test: lint unit
