@@ -1,0 +1,179 @@
+"""Authentication end to end through functions-framework: no request without a valid token
+reaches Threatscore, and each request gets its own entities limit."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import jwt
+import pytest
+
+from tests import answers
+from tests.conftest import JWKS_PATH
+from tests.ctim import check_answer
+
+AUDIENCE = "https://europe-west1-project.cloudfunctions.net/relay"
+SECRET = "an-operator-secret-of-at-least-32-characters"
+OBSERVABLES = [{"type": "ip", "value": "198.51.100.7"}]
+
+
+def claims(key_server, **changes):
+    now = int(time.time())
+    payload = {"aud": AUDIENCE, "jwks_host": key_server.host, "iat": now, "exp": now + 600, **changes}
+    return {name: value for name, value in payload.items() if value is not None}
+
+
+@pytest.fixture
+def jwks_env(key_server, keys):
+    key_server.publish(keys["a"])
+    return {
+        "RELAY_AUTH": "jwks",
+        "RELAY_JWKS_HOSTS": key_server.host,
+        "RELAY_JWKS_URL_TEMPLATE": "http://{host}" + JWKS_PATH,
+        "RELAY_AUDIENCE": AUDIENCE + "/",
+    }
+
+
+@pytest.fixture
+def jwks_client(make_client, jwks_env, threatscore):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    return make_client(**jwks_env)
+
+
+def observe(client, authorization=None, payload=OBSERVABLES, path="/observe/observables"):
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = client.post(path, json=payload, headers=headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    check_answer(body)
+    return body
+
+
+def test_a_valid_xdr_token_gets_the_answer(jwks_client, key_server, keys, threatscore):
+    body = observe(jwks_client, f"Bearer {keys['a'].sign(claims(key_server))}")
+    assert body["data"]["verdicts"]["count"] == 1
+    assert threatscore.calls_for("198.51.100.7") == 1
+    assert key_server.fetches() == 1
+
+
+def test_scheme_is_case_insensitive(jwks_client, key_server, keys):
+    assert "data" in observe(jwks_client, f"bearer {keys['a'].sign(claims(key_server))}")
+
+
+@pytest.mark.parametrize(
+    ("make_authorization", "reason"),
+    [
+        (lambda ks, k: None, "missing Authorization header"),
+        (lambda ks, k: "Basic dXNlcjpwYXNz", "wrong scheme"),
+        (lambda ks, k: "Bearer not.a.token", "malformed token"),
+        (lambda ks, k: "Bearer " + k["a"].sign(claims(ks, exp=int(time.time()) - 3600)), "token expired"),
+        (lambda ks, k: "Bearer " + k["a"].sign(claims(ks, nbf=int(time.time()) + 3600)), "not yet valid"),
+        (
+            lambda ks, k: "Bearer " + k["a"].sign(claims(ks, aud="https://elsewhere.example")),
+            "wrong audience",
+        ),
+        (lambda ks, k: "Bearer " + k["a"].sign(claims(ks, jwks_host="evil.example")), "key host not allowed"),
+        (lambda ks, k: "Bearer " + k["attacker"].sign(claims(ks), kid="kid-a"), "bad signature"),
+        (
+            lambda ks, k: (
+                "Bearer " + jwt.encode(claims(ks), "x" * 32, algorithm="HS256", headers={"kid": "kid-a"})
+            ),
+            "algorithm",
+        ),
+    ],
+)
+def test_no_request_without_a_valid_token_reaches_threatscore(
+    jwks_client, key_server, keys, threatscore, make_authorization, reason
+):
+    for path in ("/observe/observables", "/deliberate/observables", "/refer/observables", "/health"):
+        body = observe(jwks_client, make_authorization(key_server, keys), path=path)
+        assert set(body) == {"errors"}
+        (error,) = body["errors"]
+        assert error["code"] == "authorization error"
+        assert error["message"].startswith("Authorization failed: ")
+        assert reason in error["message"]
+    assert threatscore.total_calls == 0
+
+
+def test_authentication_comes_before_the_body_is_read(jwks_client, threatscore):
+    response = jwks_client.post("/observe/observables", data=b"{not json")
+    assert response.get_json()["errors"][0]["code"] == "authorization error"
+
+
+def test_version_needs_no_token(jwks_client):
+    response = jwks_client.post("/version")
+    assert response.status_code == 200 and "version" in response.get_json()
+
+
+def test_the_token_limit_claim_sets_the_requests_entities_limit(jwks_client, key_server, keys):
+    limited = observe(jwks_client, f"Bearer {keys['a'].sign(claims(key_server, CTR_ENTITIES_LIMIT=2))}")
+    assert limited["data"]["judgements"]["count"] == 2
+    invalid = observe(jwks_client, f"Bearer {keys['a'].sign(claims(key_server, CTR_ENTITIES_LIMIT=-3))}")
+    assert invalid["data"]["judgements"]["count"] == 5  # the configured default (100) applies
+
+
+def test_limits_are_isolated_between_concurrent_requests(
+    jwks_env, key_server, keys, threatscore, start_relay_process, http
+):
+    """Two callers with different limits, interleaved on a real multi-threaded server."""
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    base_url = start_relay_process(**jwks_env)
+    tokens = {limit: keys["a"].sign(claims(key_server, CTR_ENTITIES_LIMIT=limit)) for limit in (1, 3)}
+
+    def judgements_with(limit):
+        response = http.post(
+            f"{base_url}/observe/observables",
+            json=OBSERVABLES,
+            timeout=20,
+            headers={"Authorization": f"Bearer {tokens[limit]}"},
+        )
+        return limit, response.json()["data"]["judgements"]["count"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(judgements_with, [1, 3] * 40))
+    assert all(count == limit for limit, count in results), results
+
+
+def test_without_relay_audience_the_request_url_is_the_audience(
+    jwks_env, key_server, keys, threatscore, start_relay_process, http
+):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    base_url = start_relay_process(**{**jwks_env, "RELAY_AUDIENCE": ""})
+    good = keys["a"].sign(claims(key_server, aud=base_url))
+    other = keys["a"].sign(claims(key_server, aud=AUDIENCE))
+    ok = http.post(
+        f"{base_url}/observe/observables",
+        json=OBSERVABLES,
+        timeout=20,
+        headers={"Authorization": f"Bearer {good}"},
+    ).json()
+    assert ok["data"]["verdicts"]["count"] == 1
+    refused = http.post(
+        f"{base_url}/observe/observables",
+        json=OBSERVABLES,
+        timeout=20,
+        headers={"Authorization": f"Bearer {other}"},
+    ).json()
+    assert "wrong audience" in refused["errors"][0]["message"]
+
+
+def test_secret_mode(make_client, threatscore):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    client = make_client(RELAY_AUTH="secret", RELAY_SECRET=SECRET)
+    good = jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    assert observe(client, f"Bearer {good}")["data"]["verdicts"]["count"] == 1
+    forged = jwt.encode(
+        {"exp": int(time.time()) + 60}, "a-different-secret-of-32-characters!", algorithm="HS256"
+    )
+    body = observe(client, f"Bearer {forged}")
+    assert body["errors"][0]["code"] == "authorization error"
+    assert threatscore.calls_for("198.51.100.7") == 1
+
+
+def test_nothing_secret_is_logged(jwks_client, key_server, keys, caplog):
+    token = keys["a"].sign(claims(key_server, aud="https://elsewhere.example"))
+    with caplog.at_level("DEBUG"):
+        observe(jwks_client, f"Bearer {token}")
+    assert "wrong audience" in caplog.text
+    assert token not in caplog.text and token.split(".")[2] not in caplog.text
