@@ -39,6 +39,8 @@ def parse_observables(body: bytes, max_observables: int, max_value_length: int) 
         raise InvalidArgumentError(
             'Invalid JSON payload: expected a list of {"type": ..., "value": ...} objects'
         ) from None
+    except RecursionError:  # `[[[[...` a few thousand deep
+        raise InvalidArgumentError("Invalid JSON payload: nested too deeply") from None
     if not isinstance(payload, list):
         raise InvalidArgumentError(
             f"Invalid JSON payload: expected a list of observables, got {_json_type(payload)}"
