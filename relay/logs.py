@@ -111,6 +111,8 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(CloudLoggingFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    # urllib3 logs every upstream URL at DEBUG, and an URL holds an observable value (request data).
+    logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))
 
 
 class RequestStats:
