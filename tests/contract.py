@@ -25,13 +25,18 @@ def spec() -> dict:
         return yaml.safe_load(file)
 
 
-def operation_for(path: str, method: str) -> dict:
-    """The documented operation a request reaches; every method but POST shares the `get` one."""
+def responses_for(path: str, method: str) -> dict:
+    """The documented responses of the operation a request reaches.
+
+    An unknown path is 404 whatever the method; any method but POST on a
+    documented path is the shared 405 response.
+    """
     route = route_for(path)
     if route is None:
-        return spec()["paths"][UNKNOWN_PATH]["post"]  # 404 whatever the method
-    item = spec()["paths"]["/" + route]
-    return item["post"] if method.upper() == "POST" else item["get"]
+        return spec()["paths"][UNKNOWN_PATH]["post"]["responses"]
+    if method.upper() != "POST":
+        return {"405": spec()["components"]["responses"]["MethodNotAllowed"]}
+    return spec()["paths"]["/" + route]["post"]["responses"]
 
 
 def schema_validator(schema: dict) -> OAS30Validator:
@@ -51,8 +56,7 @@ def resolve(node: dict) -> dict:
 
 def check_conforms(path: str, method: str, status: int, body, headers=None) -> None:
     """The answer is one the description allows for this request; AssertionError says why not."""
-    operation = operation_for(path, method)
-    responses = operation.get("responses", {})
+    responses = responses_for(path, method)
     assert str(status) in responses, f"{method} {path}: HTTP {status} is not documented"
     response = resolve(responses[str(status)])
     schema = response["content"]["application/json"]["schema"]
