@@ -25,8 +25,8 @@ from tests.fake_threatscore import FakeThreatscore, Scripted
 from tests.relay_process import RelayProcess
 
 MB = 1024 * 1024
-# Codes that would mean the relay lost a result to a bug rather than to Threatscore.
-CODES_WITHOUT_CAUSE = frozenset({"internal error", "unknown"})
+# An error with this code lost a result to a bug of the relay, not to Threatscore.
+CODES_WITHOUT_CAUSE = frozenset({"internal error"})
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ def _describe(messages: Any) -> str:
     if isinstance(messages, dict):
         parts = []
         for key, value in messages.items():
+            if key == "_schema":  # about the item itself (not an object), not one of its fields
+                parts.append(_describe(value))
+                continue
             label = f"item {key}" if isinstance(key, int) else str(key).lstrip("_")
             parts.append(f"{label}: {_describe(value)}")
         return "; ".join(parts)

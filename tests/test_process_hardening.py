@@ -143,8 +143,12 @@ def test_unknown_paths_and_methods_over_http(relay, http):
         check_conforms(path, method, status, response.json(), response.headers)
 
 
-def test_logs_are_one_json_object_per_line_with_the_execution_id(threatscore, launch_relay, http):
-    relay = launch_relay(LOG_LEVEL="DEBUG")
+@pytest.mark.parametrize("framework_execution_id_logging", ["", "true"])
+def test_logs_are_one_json_object_per_line_with_the_execution_id(
+    threatscore, launch_relay, http, framework_execution_id_logging
+):
+    # LOG_EXECUTION_ID=true: functions-framework's own console logging must not double or break lines.
+    relay = launch_relay(LOG_LEVEL="DEBUG", LOG_EXECUTION_ID=framework_execution_id_logging)
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
     threatscore.answer("private-incident-host.example", answers.ERROR_500, status=500)
     body = [
