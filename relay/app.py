@@ -154,7 +154,7 @@ def http_error_response(error: HTTPException) -> flask.Response:
         relay_error = InvalidArgumentError(f"Bad request ({error.name})")
     else:
         relay_error = InternalError("The relay failed unexpectedly")
-    return _json_response(envelope([relay_error]), status)
+    return _leaving_the_body_unread(_json_response(envelope([relay_error]), status))
 
 
 def _error_response(

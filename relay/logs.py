@@ -35,7 +35,8 @@ CALLER_ERROR_CODES = frozenset({"invalid argument", "not found", "method not all
 
 request_logger = logging.getLogger("relay.request")
 
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]+")
+# A credential after "Bearer" (RFC 6750 token68, long enough not to be a word such as "token").
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*")
 _JWT = re.compile(r"\beyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*")
 
 

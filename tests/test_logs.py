@@ -224,3 +224,8 @@ def test_request_stats_count_across_threads():
         thread.join()
     assert stats.upstream_calls == 8000 and stats.cache_hits == 8000
     assert stats.errors() == [{"code": "timeout", "message": "slow", "count": 8000}]
+
+
+def test_plain_words_about_bearer_tokens_are_kept():
+    text = "Authorization failed: wrong scheme (expected Bearer), not a Bearer token"
+    assert redact(text) == text
