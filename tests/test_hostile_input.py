@@ -348,3 +348,16 @@ def test_a_form_body_under_a_form_content_type_is_a_clear_error(threatscore, cli
     answer = call(client, b"type=ip&value=198.51.100.7", content_type="application/x-www-form-urlencoded")
     assert only_error(answer)["message"].startswith("Invalid JSON payload")
     assert threatscore.total_calls == 0
+
+
+def test_look_alikes_are_other_observables_never_merged(threatscore, client):
+    # Cyrillic "а" (U+0430) looks like Latin "a": a different domain, looked up as itself.
+    latin, cyrillic = "example.com", "ex\u0430mple.com"
+    threatscore.answer("example.com", answers.FOUR_ENGINES)
+    threatscore.answer("xn--exmple-4nf.com", answers.HISTORY)
+    answer = call(
+        client, [{"type": "domain", "value": v} for v in (latin, cyrillic)], path="/deliberate/observables"
+    )
+    assert sorted(threatscore.raw_paths) == ["/api/score/example.com", "/api/score/xn--exmple-4nf.com"]
+    assert [v["observable"]["value"] for v in answer["data"]["verdicts"]["docs"]] == [latin, cyrillic]
+    assert [v["disposition_name"] for v in answer["data"]["verdicts"]["docs"]] == ["Suspicious", "Malicious"]
