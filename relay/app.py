@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 import flask
 import requests
@@ -24,6 +25,7 @@ from relay.errors import (
     envelope,
 )
 from relay.handlers import Handlers, RequestContext
+from relay.logs import JSON_FIELDS, RequestLog, setup_logging
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreSource, ThreatscoreClient
 
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 OBSERVABLE_ENDPOINTS = ("observe/observables", "deliberate/observables", "refer/observables")
 ENDPOINTS = (*OBSERVABLE_ENDPOINTS, "health", "version")
 PUBLIC_ENDPOINTS = ("version",)  # everything else needs a valid token
+
+EXECUTION_ID_HEADER = "Function-Execution-Id"
 
 
 def route_for(path: str) -> str | None:
@@ -68,34 +72,45 @@ class RelayApp:
     def from_env(cls) -> RelayApp:
         """Reads the environment once; a bad setting stops the start-up with a clear error."""
         settings = Settings.from_env()
+        setup_logging(settings.log_level)
         session = make_session(settings)
         return cls(settings, ThreatscoreClient(settings, session), build_authenticator(settings, session))
 
     def handle(self, request: flask.Request) -> flask.Response:
+        request_log = RequestLog(request.method, request.path, _execution_id(request))
+        response = self._respond(request, request_log)
+        request_log.finish(response.status_code)
+        return _leaving_the_body_unread(response)
+
+    def _respond(self, request: flask.Request, request_log: RequestLog) -> flask.Response:
         route = route_for(request.path)
         if route is None:
-            return _json_response(envelope([NotFoundError(f"No such endpoint: {request.path[:200]}")]), 404)
+            error = NotFoundError(f"No such endpoint: {request.path[:200]}")
+            return _error_response(error, request_log, 404)
         if request.method != "POST":
             error = MethodNotAllowedError(f"Method {request.method} is not allowed: use POST")
-            return _json_response(envelope([error]), 405, {"Allow": "POST"})
+            return _error_response(error, request_log, 405, {"Allow": "POST"})
         try:
-            return _json_response(self._dispatch(route, request))
+            return _json_response(self._dispatch(route, request, request_log))
         except RelayError as error:
-            return _json_response(envelope([error]))
+            return _error_response(error, request_log)
         except Exception:  # never a traceback or an HTML page to the caller
-            logger.exception("unexpected failure while serving %s", route)
-            return _json_response(envelope([InternalError("The relay failed unexpectedly")]))
+            logger.exception(
+                "unexpected failure while serving %s", route, extra={JSON_FIELDS: request_log.fields()}
+            )
+            return _error_response(InternalError("The relay failed unexpectedly"), request_log)
 
-    def _dispatch(self, route: str, request: flask.Request) -> dict:
+    def _dispatch(self, route: str, request: flask.Request, request_log: RequestLog) -> dict:
         if route == "version":
             return self.handlers.version()
         caller = self.authenticator.authenticate(request.headers.get("Authorization"), _request_url(request))
-        context = RequestContext.start(self.settings, caller.entities_limit)
+        context = RequestContext.start(self.settings, caller.entities_limit, request_log.stats)
         if route == "health":
             return self.handlers.health(context)
         observables = parse_observables(
             self._read_body(request), self.settings.max_observables, self.settings.max_value_length
         )
+        request_log.observables = len(observables)
         if route == "observe/observables":
             return self.handlers.observe(observables, context)
         if route == "deliberate/observables":
@@ -103,15 +118,27 @@ class RelayApp:
         return self.handlers.refer(observables, context)
 
     def _read_body(self, request: flask.Request) -> bytes:
-        """The body, refused beyond the limit without reading it whole."""
+        """The body, refused beyond the limit without reading it whole.
+
+        Whatever its Content-Type, the body is read as JSON: XDR sends
+        application/json, `curl -d` sends a form type, and both mean the same.
+        """
         limit = self.settings.max_body_bytes
         too_large = InvalidArgumentError(f"Request body is larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
-        body = request.stream.read(limit + 1)
-        if len(body) > limit:
+        # A chunked body has no Content-Length: read one byte past the limit, at
+        # most. A WSGI stream may return less than asked: read until the end.
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = request.stream.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
             raise too_large
-        return body
+        return b"".join(chunks)
 
 
 def http_error_response(error: HTTPException) -> flask.Response:
@@ -127,7 +154,36 @@ def http_error_response(error: HTTPException) -> flask.Response:
         relay_error = InvalidArgumentError(f"Bad request ({error.name})")
     else:
         relay_error = InternalError("The relay failed unexpectedly")
-    return _json_response(envelope([relay_error]), status)
+    return _leaving_the_body_unread(_json_response(envelope([relay_error]), status))
+
+
+def _error_response(
+    error: RelayError, request_log: RequestLog, status: int = 200, headers: dict | None = None
+) -> flask.Response:
+    """The envelope of a request-level error, which the request's log line also names."""
+    request_log.count_error(error)
+    return _json_response(envelope([error]), status, headers)
+
+
+def _execution_id(request: flask.Request) -> str:
+    """Google's id of this execution, or one of our own (functions-framework sets the header)."""
+    return request.headers.get(EXECUTION_ID_HEADER, "")[:64] or uuid.uuid4().hex[:12]
+
+
+def _leaving_the_body_unread(response: flask.Response) -> flask.Response:
+    """The same answer, marked so that nothing reads the rest of the request body.
+
+    The relay reads at most `max_body_bytes` of a body, and none before the
+    caller is authenticated. functions-framework reads every body whole after
+    the function returns, unless the response is streamed: an oversized or
+    unauthenticated body would then be held in memory after all. A one-item
+    iterator is "streamed" to Flask; the server (gunicorn) discards a little
+    of what is left, then closes the connection.
+    """
+    payload = response.get_data()
+    response.response = iter([payload])
+    response.headers["Content-Length"] = str(len(payload))
+    return response
 
 
 def _request_url(request: flask.Request) -> str:

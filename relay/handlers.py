@@ -7,12 +7,13 @@ mapper. Everything about one request travels in its `RequestContext`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 from relay.config import Settings
 from relay.errors import HealthCheckError, RelayError, envelope
+from relay.logs import RequestStats
 from relay.lookup import look_up
 from relay.mapper import MappingOptions, map_answer, search_url
 from relay.observables import SUPPORTED_TYPES, Observable
@@ -29,13 +30,17 @@ class RequestContext:
     entities_limit: int
     deadline: float  # a time.monotonic() instant
     now: datetime
+    stats: RequestStats = field(default_factory=RequestStats)  # what the request cost, for its log line
 
     @classmethod
-    def start(cls, settings: Settings, entities_limit: int | None = None) -> RequestContext:
+    def start(
+        cls, settings: Settings, entities_limit: int | None = None, stats: RequestStats | None = None
+    ) -> RequestContext:
         return cls(
             entities_limit=entities_limit or settings.ctr_entities_limit,
             deadline=time.monotonic() + settings.relay_deadline,
             now=datetime.now(UTC),
+            stats=stats or RequestStats(),
         )
 
 
@@ -59,7 +64,9 @@ class Handlers:
         outcome = look_up(self._source, [Observable("ip", probe, probe)], 1, context.deadline)
         error = outcome[f"ip:{probe}"].error
         if error is not None:
-            return envelope([HealthCheckError(f"Threatscore health check failed: {error.message}")])
+            failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
+            context.stats.count_error(failure.code, failure.message)
+            return envelope([failure])
         return {"data": {"status": "ok"}}
 
     def version(self) -> dict:
@@ -82,6 +89,7 @@ class Handlers:
             outcome = outcomes[observable.cache_key]
             if outcome.error is not None:
                 errors.append(outcome.error.about(observable.value))
+                context.stats.count_error(outcome.error.code, outcome.error.message)
                 continue
             entities = map_answer(observable, outcome.answer, options)
             verdicts.extend(entities.verdicts)

@@ -24,7 +24,10 @@ class Observable:
 
     @property
     def cache_key(self) -> str:
-        return f"{self.type}:{self.lookup_value}"
+        # An IPv4-mapped IPv6 address is looked up as its IPv4 address: it shares
+        # that address's lookup and cache entry.
+        kind = "ip" if self.type == "ipv6" and ":" not in self.lookup_value else self.type
+        return f"{kind}:{self.lookup_value}"
 
     def to_ctim(self) -> dict:
         return {"type": self.type, "value": self.value}

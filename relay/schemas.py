@@ -39,6 +39,8 @@ def parse_observables(body: bytes, max_observables: int, max_value_length: int) 
         raise InvalidArgumentError(
             'Invalid JSON payload: expected a list of {"type": ..., "value": ...} objects'
         ) from None
+    except RecursionError:  # `[[[[...` a few thousand deep
+        raise InvalidArgumentError("Invalid JSON payload: nested too deeply") from None
     if not isinstance(payload, list):
         raise InvalidArgumentError(
             f"Invalid JSON payload: expected a list of observables, got {_json_type(payload)}"
@@ -86,6 +88,9 @@ def _describe(messages: Any) -> str:
     if isinstance(messages, dict):
         parts = []
         for key, value in messages.items():
+            if key == "_schema":  # about the item itself (not an object), not one of its fields
+                parts.append(_describe(value))
+                continue
             label = f"item {key}" if isinstance(key, int) else str(key).lstrip("_")
             parts.append(f"{label}: {_describe(value)}")
         return "; ".join(parts)

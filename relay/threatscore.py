@@ -132,6 +132,8 @@ def _json(body: bytes):
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise UpstreamFormatError("Threatscore answered with a body that is not JSON") from None
+    except RecursionError:
+        raise UpstreamFormatError("Threatscore answered with JSON nested too deeply") from None
 
 
 def _status_error(status: int, body: bytes) -> RelayError:

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import functions_framework
@@ -21,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 
 from tests.fake_threatscore import FakeThreatscore
+from tests.relay_process import ROOT, VENV_BIN, RelayProcess, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "main.py"
-VENV_BIN = Path(sys.executable).parent
+__all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
 
 
 @pytest.fixture(scope="session")
@@ -70,53 +64,29 @@ def client(make_client):
     return make_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture
+def launch_relay(relay_env, tmp_path):
+    """Starts relay processes talking to the fake Threatscore; each is stopped after the test."""
+    processes: list[RelayProcess] = []
 
+    def launch(**overrides: str) -> RelayProcess:
+        process = RelayProcess({**relay_env, **overrides}, tmp_path)
+        processes.append(process)
+        return process
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the relay exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+    yield launch
+    for process in processes:
+        process.stop()
 
 
 @pytest.fixture
-def start_relay_process(relay_env, tmp_path):
-    """Starts `functions-framework --target=relay` as a real process on a free loopback port."""
-    processes = []
+def start_relay_process(launch_relay):
+    """Starts `functions-framework --target=relay` as a real process; gives its base URL."""
 
     def start(**overrides: str) -> str:
-        port = free_port()
-        env = {**os.environ, **relay_env, **overrides, "PYTHONUNBUFFERED": "1"}
-        log = open(tmp_path / f"relay-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(
-            [str(VENV_BIN / "functions-framework"), "--target=relay", "--host=127.0.0.1", f"--port={port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        processes.append((process, log))
-        wait_for_port(port, process)
-        return f"http://127.0.0.1:{port}"
+        return launch_relay(**overrides).url
 
-    yield start
-    for process, log in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    return start
 
 
 @pytest.fixture

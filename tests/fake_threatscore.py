@@ -1,17 +1,20 @@
 """A fake Threatscore: a real HTTP server on 127.0.0.1 (pytest-httpserver, threaded).
 
 Tests script what each value answers (`answer`), and read back what the
-upstream really received (`requests_for`, `raw_paths`). Unknown values get
-the 404 "Observable not found" that means "no data".
+upstream really received (`calls_for`, `raw_paths`). Unknown values get
+the 404 "Observable not found" that means "no data", or what `fallback` says.
+`inject_faults` makes a share of all requests fail at random (load tests).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -28,8 +31,11 @@ class Scripted:
     headers: dict | None = None
     delay: float = 0.0
     content_type: str = "application/json"
-    fault: str | None = None  # "reset": close mid-body; "trickle": one byte every `trickle_every` s
+    # "reset": close mid-body; "trickle": one byte every `trickle_every` s;
+    # "chunked": the whole body at once but without a Content-Length.
+    fault: str | None = None
     trickle_every: float = 0.5
+    label: str | None = None  # names the fault in reports
 
     def response(self) -> Response:
         if self.delay:
@@ -45,6 +51,8 @@ class Scripted:
             )
         if self.fault == "trickle":
             return Response(self._trickle(payload), status=self.status, content_type=self.content_type)
+        if self.fault == "chunked":
+            return Response(iter([payload]), status=self.status, content_type=self.content_type)
         return Response(payload, status=self.status, headers=self.headers, content_type=self.content_type)
 
     @staticmethod
@@ -63,8 +71,13 @@ class FakeThreatscore:
         self.server = HTTPServer(host=host, port=port, threaded=True, ssl_context=ssl_context)
         self.latency = latency
         self._scripts: dict[str, Scripted] = {}
+        self._fallback: Callable[[str], Scripted] | None = None
+        self._fault_rate = 0.0
+        self._faults: Sequence[Scripted] = ()
+        self._random = random.Random(0)
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
+        self.faults_injected: Counter[str] = Counter()  # by the injected fault's label
         self.raw_paths: list[str] = []
         self.user_agents: list[str] = []
 
@@ -89,9 +102,25 @@ class FakeThreatscore:
         with self._lock:
             self._scripts[value] = Scripted(status=status, body=body, **options)
 
+    def fallback(self, scripted_for: Callable[[str], Scripted] | None) -> None:
+        """What values without a script answer from now on (None: 404 "Observable not found")."""
+        with self._lock:
+            self._fallback = scripted_for
+
+    def inject_faults(self, rate: float, faults: Sequence[Scripted], seed: int = 0) -> None:
+        """From now on, a `rate` share of all requests answers one of `faults`, chosen at random."""
+        with self._lock:
+            self._fault_rate = rate
+            self._faults = tuple(faults)
+            self._random = random.Random(seed)
+
     def reset(self) -> None:
         with self._lock:
             self._scripts.clear()
+            self._fallback = None
+            self._fault_rate = 0.0
+            self._faults = ()
+            self.faults_injected.clear()
             self._calls.clear()
             self.raw_paths.clear()
             self.user_agents.clear()
@@ -121,8 +150,24 @@ class FakeThreatscore:
             value = unquote(raw_path[len(prefix) :])
             self._calls[value] += 1
             scripted = self._scripts.get(value)
+            if self._faults and self._random.random() < self._fault_rate:
+                scripted = self._random.choice(self._faults)
+                self.faults_injected[fault_label(scripted)] += 1
+            elif scripted is None and self._fallback is not None:
+                scripted = self._fallback(value)
         if self.latency:
             time.sleep(self.latency)
         if scripted is None:
             return Response(json.dumps(NOT_FOUND_BODY), status=404, content_type="application/json")
         return scripted.response()
+
+
+def fault_label(scripted: Scripted) -> str:
+    """A short name for a scripted fault, for reports: `reset`, `HTTP 503`, `delay 2s`..."""
+    if scripted.label:
+        return scripted.label
+    if scripted.fault:
+        return scripted.fault
+    if scripted.delay:
+        return f"delay {scripted.delay:g}s"
+    return f"HTTP {scripted.status}"

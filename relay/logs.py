@@ -1,0 +1,217 @@
+"""Logging: one JSON object per line on stdout, as Google Cloud Logging reads it.
+
+`setup_logging` is called once per process (from `RelayApp.from_env`) and
+formats the root logger, so every module's records (auth, cache, ...) come
+out the same way. `RequestStats` counts what one request cost; the request's
+summary line (relay/app.py) logs it.
+
+Never pass a token, a secret or a request body to a log call: the formatter
+also blanks anything shaped like a bearer token or a JWT, as a second line of
+defence, but that is not a licence to log them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+# Cloud Logging moves this field of a JSON line into the entry's labels, where
+# the platform's own request log keeps the execution id: both then correlate.
+LABELS_FIELD = "logging.googleapis.com/labels"
+SOURCE_LOCATION_FIELD = "logging.googleapis.com/sourceLocation"
+
+# Extra fields of a record go under this attribute: logger.info(msg, extra={"json_fields": {...}}).
+JSON_FIELDS = "json_fields"
+
+# Codes that say the caller got something wrong: INFO, not a problem of the relay.
+CALLER_ERROR_CODES = frozenset({"invalid argument", "not found", "method not allowed", "authorization error"})
+
+request_logger = logging.getLogger("relay.request")
+
+# A credential after "Bearer" (RFC 6750 token68, long enough not to be a word such as "token").
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*")
+_JWT = re.compile(r"\beyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*")
+
+
+def redact(text: str) -> str:
+    """`text` with bearer credentials and JWTs blanked out."""
+    return _JWT.sub("[redacted token]", _BEARER.sub(r"\1 [redacted]", text))
+
+
+class CloudLoggingFormatter(logging.Formatter):
+    """A record as one line of JSON: `severity`, `message`, `time`, `logger`, extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict = {
+            "severity": record.levelname,  # DEBUG, INFO, WARNING, ERROR, CRITICAL: all Cloud Logging names
+            "message": redact(record.getMessage()),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "logger": record.name,
+        }
+        fields = getattr(record, JSON_FIELDS, None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+            execution_id = fields.get("execution_id")
+            if execution_id:
+                entry[LABELS_FIELD] = {"execution_id": str(execution_id)}
+        if record.levelno >= logging.WARNING:
+            entry[SOURCE_LOCATION_FIELD] = {
+                "file": record.pathname,
+                "line": str(record.lineno),
+                "function": record.funcName,
+            }
+        if record.exc_info and record.exc_info[0] is not None:
+            # The cause in words, and the trace where Error Reporting looks for it.
+            exc_type, exc, _ = record.exc_info
+            entry["error"] = redact(f"{exc_type.__name__}: {exc}")
+            entry["stack_trace"] = redact("".join(traceback.format_exception(*record.exc_info)))
+        elif record.stack_info:
+            entry["stack_trace"] = redact(record.stack_info)
+        # default=str: a field that is not JSON (a datetime, an exception) must not lose the line.
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when the record is emitted.
+
+    The framework (LOG_EXECUTION_ID) and test runners swap `sys.stdout`; a
+    handler bound to the stream of start-up time would write past them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass  # always sys.stdout
+
+
+def setup_logging(level: str) -> None:
+    """Formats every record of the process as JSON on stdout, from `level` up.
+
+    Idempotent. Plain console handlers installed before (by functions-framework
+    with LOG_EXECUTION_ID, or by `logging.basicConfig`) are replaced, so that no
+    record is printed twice; other handlers (a test runner's capture) are kept.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler or isinstance(handler, StdoutHandler):
+            root.removeHandler(handler)
+    handler = StdoutHandler()
+    handler.setFormatter(CloudLoggingFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    # urllib3 logs every upstream URL at DEBUG, and an URL holds an observable value (request data).
+    logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))
+
+
+class RequestStats:
+    """What one request cost upstream. Thread-safe: lookups run on several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._upstream_calls = 0
+        self._cache_hits = 0
+        self._errors: dict[tuple[str, str], int] = {}
+
+    def count_upstream_call(self) -> None:
+        with self._lock:
+            self._upstream_calls += 1
+
+    def count_cache_hit(self) -> None:
+        with self._lock:
+            self._cache_hits += 1
+
+    def count_error(self, code: str, cause: str) -> None:
+        """An error the answer carries, by its cause (never naming the observable: that is request data)."""
+        with self._lock:
+            self._errors[(code, cause)] = self._errors.get((code, cause), 0) + 1
+
+    @property
+    def upstream_calls(self) -> int:
+        with self._lock:
+            return self._upstream_calls
+
+    @property
+    def cache_hits(self) -> int:
+        with self._lock:
+            return self._cache_hits
+
+    def errors(self) -> list[dict]:
+        """`[{"code", "message", "count"}]`, one entry per distinct cause."""
+        with self._lock:
+            return [
+                {"code": code, "message": cause, "count": count}
+                for (code, cause), count in self._errors.items()
+            ]
+
+
+class RequestLog:
+    """One request as the operator sees it, logged as one line when it ends.
+
+    Holds no part of the request body: only its path, its size in observables
+    and what the answer cost and lacked.
+    """
+
+    def __init__(
+        self, method: str, path: str, execution_id: str, clock: Callable[[], float] = time.monotonic
+    ):
+        self.method = method
+        self.path = path[:200]
+        self.execution_id = execution_id
+        self.stats = RequestStats()
+        self.observables = 0  # the distinct supported observables looked up
+        self._clock = clock
+        self._started = clock()
+
+    def count_error(self, error) -> None:
+        """A request-level `RelayError` (a per-observable one goes to `stats` directly)."""
+        self.stats.count_error(error.code, error.message)
+
+    def fields(self) -> dict:
+        return {"execution_id": self.execution_id, "method": self.method, "path": self.path}
+
+    def finish(self, status: int) -> None:
+        duration_ms = round((self._clock() - self._started) * 1000, 1)
+        errors = self.stats.errors()
+        fields = {
+            **self.fields(),
+            "status": status,
+            "observables": self.observables,
+            "upstream_calls": self.stats.upstream_calls,
+            "cache_hits": self.stats.cache_hits,
+            "duration_ms": duration_ms,
+        }
+        if errors:
+            fields["errors"] = errors
+        codes = {error["code"] for error in errors}
+        if status >= 500 or "internal error" in codes:
+            level = logging.ERROR
+        elif codes - CALLER_ERROR_CODES:
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        causes = "; ".join(f"{error['code']}: {error['message']} (x{error['count']})" for error in errors)
+        request_logger.log(
+            level,
+            "%s %s %d: %d observables, %.1f ms%s",
+            self.method,
+            self.path,
+            status,
+            self.observables,
+            duration_ms,
+            f"; errors: {causes}" if causes else "",
+            extra={JSON_FIELDS: fields},
+            stacklevel=2,  # the source location is the relay's caller, not this method
+        )

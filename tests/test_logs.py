@@ -1,0 +1,231 @@
+"""Logging: one JSON line per record on stdout, one summary line per request, no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import threading
+
+import jwt
+import pytest
+
+from relay.logs import CloudLoggingFormatter, RequestStats, redact, setup_logging
+from tests import answers
+
+OBSERVE = "/observe/observables"
+TOKEN = jwt.encode({"sub": "someone", "aud": "x"}, "a-signing-key-nobody-has-" + "k" * 16, algorithm="HS256")
+SECRET = "relay-shared-secret-" + "s" * 24
+MARKER = "private-incident-host.example"  # a value of the request body
+
+
+def log_records(text: str) -> list[dict]:
+    """Every line as JSON (fails on a line that is not a JSON object).
+
+    The fake Threatscore's access log ("werkzeug") shares this process: it is not the relay's.
+    """
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all(isinstance(record, dict) for record in records)
+    return [record for record in records if record["logger"] != "werkzeug"]
+
+
+def relay_output(text: str) -> str:
+    return "\n".join(json.dumps(record, ensure_ascii=False) for record in log_records(text))
+
+
+def request_lines(records: list[dict]) -> list[dict]:
+    return [record for record in records if record.get("logger") == "relay.request"]
+
+
+def test_each_request_logs_one_line_with_its_facts(threatscore, client, capsys):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    threatscore.answer(MARKER, answers.ERROR_500, status=500)
+    capsys.readouterr()
+    response = client.post(
+        OBSERVE,
+        json=[{"type": "ip", "value": "198.51.100.7"}, {"type": "domain", "value": MARKER}],
+        headers={"Function-Execution-Id": "exec-42abc", "Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 200
+    out, err = capsys.readouterr()
+    [line] = request_lines(log_records(out))
+    assert line["severity"] == "WARNING"  # an upstream failure is the operator's concern
+    assert line["execution_id"] == "exec-42abc"
+    assert line["logging.googleapis.com/labels"] == {"execution_id": "exec-42abc"}
+    assert line["path"] == OBSERVE and line["method"] == "POST" and line["status"] == 200
+    assert line["observables"] == 2
+    assert isinstance(line["upstream_calls"], int) and isinstance(line["cache_hits"], int)
+    assert isinstance(line["duration_ms"], float) and 0 <= line["duration_ms"] < 10_000
+    assert line["errors"] == [
+        {"code": "service unavailable", "message": "Threatscore is unavailable (HTTP 500)", "count": 1}
+    ]
+    assert "service unavailable: Threatscore is unavailable (HTTP 500)" in line["message"]
+    assert line["time"].endswith("Z")
+    # Neither the token nor the request body (its values) is ever written.
+    for secret in (TOKEN, TOKEN.split(".")[2], MARKER, "198.51.100.7"):
+        assert secret not in relay_output(out) and secret not in err
+
+
+def test_a_request_without_execution_id_gets_one(threatscore, client, capsys):
+    capsys.readouterr()
+    for _ in range(2):
+        client.post(OBSERVE, json=[])
+    ids = [line["execution_id"] for line in request_lines(log_records(capsys.readouterr().out))]
+    assert len(ids) == 2 and all(ids) and ids[0] != ids[1]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "severity", "code"),
+    [
+        (OBSERVE, "POST", [], "INFO", None),
+        (OBSERVE, "POST", b"{oops", "INFO", "invalid argument"),  # the caller's mistake
+        ("/nowhere", "POST", [], "INFO", "not found"),
+        (OBSERVE, "GET", None, "INFO", "method not allowed"),
+        ("/health", "POST", None, "WARNING", "health check failed"),
+    ],
+)
+def test_severity_follows_whose_problem_it_is(
+    threatscore, client, capsys, path, method, body, severity, code
+):
+    threatscore.answer("127.0.0.100", answers.ERROR_500, status=500)
+    capsys.readouterr()
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    client.open(path, method=method, **kwargs)
+    [line] = request_lines(log_records(capsys.readouterr().out))
+    assert line["severity"] == severity
+    assert [error["code"] for error in line.get("errors", [])] == ([code] if code else [])
+
+
+def test_an_unexpected_failure_is_logged_as_error_with_its_cause(threatscore, client, capsys, monkeypatch):
+    from relay.handlers import Handlers
+
+    def broken(*_args):
+        raise ZeroDivisionError("the cause, in the log only")
+
+    monkeypatch.setattr(Handlers, "observe", broken)
+    capsys.readouterr()
+    response = client.post(OBSERVE, json=[{"type": "ip", "value": "198.51.100.7"}])
+    assert response.get_json()["errors"][0] == {
+        "type": "fatal",
+        "code": "internal error",
+        "message": "The relay failed unexpectedly",
+    }
+    assert b"ZeroDivisionError" not in response.data
+    records = log_records(capsys.readouterr().out)
+    [failure] = [record for record in records if record.get("stack_trace")]
+    assert failure["severity"] == "ERROR"
+    assert failure["error"] == "ZeroDivisionError: the cause, in the log only"
+    assert "Traceback" in failure["stack_trace"] and "broken" in failure["stack_trace"]
+    assert failure["execution_id"] and failure["logging.googleapis.com/sourceLocation"]["function"]
+    assert request_lines(records)[0]["severity"] == "ERROR"
+
+
+def test_log_level_setting(threatscore, make_client, capsys):
+    client = make_client(LOG_LEVEL="WARNING")
+    capsys.readouterr()
+    client.post(OBSERVE, json=[])  # INFO: not written
+    client.post("/health")  # healthy ("no data"), INFO: not written
+    threatscore.answer("127.0.0.100", answers.ERROR_500, status=500)
+    client.post("/health")  # health check failed: WARNING
+    lines = request_lines(log_records(capsys.readouterr().out))
+    assert [line["severity"] for line in lines] == ["WARNING"]
+
+
+def test_an_authorization_failure_logs_no_token(make_client, capsys):
+    client = make_client(RELAY_AUTH="secret", RELAY_SECRET=SECRET)
+    capsys.readouterr()
+    response = client.post(
+        OBSERVE, json=[{"type": "domain", "value": MARKER}], headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert response.get_json()["errors"][0]["code"] == "authorization error"
+    out, err = capsys.readouterr()
+    [line] = request_lines(log_records(out))
+    assert line["errors"][0]["code"] == "authorization error"
+    for secret in (TOKEN, TOKEN.split(".")[1], TOKEN.split(".")[2], SECRET, MARKER):
+        assert secret not in relay_output(out) and secret not in err
+
+
+# --- the formatter and the counters -------------------------------------------------
+
+
+def format_record(message: str, *args, level=logging.INFO, exc_info=None, **fields) -> dict:
+    record = logging.LogRecord("relay.test", level, __file__, 1, message, args, exc_info)
+    if fields:
+        record.json_fields = fields
+    line = CloudLoggingFormatter().format(record)
+    assert "\n" not in line
+    return json.loads(line)
+
+
+def test_a_record_is_one_json_line_even_with_newlines():
+    entry = format_record("first line\nsecond line %s", "\r\n{}")
+    assert entry["message"] == "first line\nsecond line \r\n{}"
+    assert entry["severity"] == "INFO" and entry["logger"] == "relay.test"
+
+
+def test_fields_that_are_not_json_do_not_lose_the_line():
+    entry = format_record("x", when=object(), data={1, 2})
+    assert set(entry) >= {"when", "data"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Authorization: Bearer {TOKEN}",
+        f"token={TOKEN}",
+        "header 'bearer abc.def-ghi' here",
+    ],
+)
+def test_tokens_are_redacted_anywhere(text):
+    assert "[redacted" in redact(text)
+    assert TOKEN not in redact(text) and "abc.def-ghi" not in redact(text)
+    entry = format_record("%s", text, level=logging.ERROR)
+    assert TOKEN not in json.dumps(entry)
+
+
+def test_an_exception_text_with_a_token_is_redacted():
+    try:
+        raise ValueError(f"bad header Bearer {TOKEN}")
+    except ValueError:
+        entry = format_record("failed", level=logging.ERROR, exc_info=sys.exc_info())
+    assert TOKEN not in json.dumps(entry) and "ValueError" in entry["error"]
+
+
+def test_setup_logging_replaces_plain_console_handlers_once():
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    plain = logging.StreamHandler(io.StringIO())  # what functions-framework or basicConfig add
+    root.addHandler(plain)
+    try:
+        setup_logging("DEBUG")
+        setup_logging("DEBUG")
+        assert plain not in root.handlers
+        assert sum(type(h).__name__ == "StdoutHandler" for h in root.handlers) == 1
+        assert root.level == logging.DEBUG
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
+def test_request_stats_count_across_threads():
+    stats = RequestStats()
+
+    def work():
+        for _ in range(1000):
+            stats.count_upstream_call()
+            stats.count_cache_hit()
+            stats.count_error("timeout", "slow")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stats.upstream_calls == 8000 and stats.cache_hits == 8000
+    assert stats.errors() == [{"code": "timeout", "message": "slow", "count": 8000}]
+
+
+def test_plain_words_about_bearer_tokens_are_kept():
+    text = "Authorization failed: wrong scheme (expected Bearer), not a Bearer token"
+    assert redact(text) == text
