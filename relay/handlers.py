@@ -1,7 +1,8 @@
 """Endpoint handlers: observables in, an XDR answer body out.
 
-The handlers share one `ScoreSource` (the Threatscore client) and the CTIM
-mapper. Everything about one request travels in its `RequestContext`.
+The handlers share one `Lookup` (the answer cache in front of the Threatscore
+client) and the CTIM mapper. Everything about one request travels in its
+`RequestContext`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from urllib.parse import quote
 
 from relay.config import Settings
 from relay.errors import HealthCheckError, RelayError, envelope
-from relay.lookup import look_up
+from relay.lookup import Lookup
 from relay.mapper import MappingOptions, map_answer, search_url
 from relay.observables import SUPPORTED_TYPES, Observable
-from relay.threatscore import ScoreSource
 from relay.version import VERSION
 
 REFER_MODULE = "threatscore"
@@ -40,9 +40,9 @@ class RequestContext:
 
 
 class Handlers:
-    def __init__(self, settings: Settings, source: ScoreSource):
+    def __init__(self, settings: Settings, lookup: Lookup):
         self._settings = settings
-        self._source = source
+        self._lookup = lookup
 
     def observe(self, observables: list[Observable], context: RequestContext) -> dict:
         return self._enrich(observables, context, with_judgements=True)
@@ -56,7 +56,7 @@ class Handlers:
     def health(self, context: RequestContext) -> dict:
         """A real probe: "no data" is healthy, any failure says what failed."""
         probe = self._settings.health_observable
-        outcome = look_up(self._source, [Observable("ip", probe, probe)], 1, context.deadline)
+        outcome = self._lookup.look_up([Observable("ip", probe, probe)], context.deadline)
         error = outcome[f"ip:{probe}"].error
         if error is not None:
             return envelope([HealthCheckError(f"Threatscore health check failed: {error.message}")])
@@ -66,9 +66,7 @@ class Handlers:
         return {"version": VERSION}
 
     def _enrich(self, observables: list[Observable], context: RequestContext, with_judgements: bool) -> dict:
-        outcomes = look_up(
-            self._source, observables, self._settings.threatscore_max_concurrency, context.deadline
-        )
+        outcomes = self._lookup.look_up(observables, context.deadline)
         options = MappingOptions(
             now=context.now,
             ui_url=self._settings.threatscore_ui_url,

@@ -1,8 +1,9 @@
 """A fake Threatscore: a real HTTP server on 127.0.0.1 (pytest-httpserver, threaded).
 
-Tests script what each value answers (`answer`), and read back what the
-upstream really received (`requests_for`, `raw_paths`). Unknown values get
-the 404 "Observable not found" that means "no data".
+Tests script what each value answers (`answer`, or `answer_in_turn` for a
+different reply on each call), and read back what the upstream really
+received (`calls_for`, `total_calls`, `peak_in_flight`, `raw_paths`). Unknown
+values get the 404 "Observable not found" that means "no data".
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ class FakeThreatscore:
         self._scripts: dict[str, Scripted] = {}
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
+        self._in_turn: dict[str, list[Scripted]] = {}
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self.raw_paths: list[str] = []
         self.user_agents: list[str] = []
 
     # --- lifecycle ---
     def start(self) -> FakeThreatscore:
-        self.server.expect_request(re.compile(r"^/.*")).respond_with_handler(self._handle)
+        self.server.expect_request(re.compile(r"^/.*")).respond_with_handler(self._handle_in_flight)
         self.server.start()
         return self
 
@@ -87,12 +91,21 @@ class FakeThreatscore:
     def answer(self, value: str, body: object = None, status: int = 200, **options) -> None:
         """What `GET /api/score/{value}` answers from now on."""
         with self._lock:
+            self._in_turn.pop(value, None)
             self._scripts[value] = Scripted(status=status, body=body, **options)
+
+    def answer_in_turn(self, value: str, *replies: Scripted) -> None:
+        """Call n for `value` gets `replies[n-1]`; the last reply repeats. E.g. 503, 503, then 200."""
+        with self._lock:
+            self._scripts.pop(value, None)
+            self._in_turn[value] = list(replies)
 
     def reset(self) -> None:
         with self._lock:
             self._scripts.clear()
+            self._in_turn.clear()
             self._calls.clear()
+            self._peak_in_flight = 0
             self.raw_paths.clear()
             self.user_agents.clear()
 
@@ -105,6 +118,22 @@ class FakeThreatscore:
     def total_calls(self) -> int:
         with self._lock:
             return sum(self._calls.values())
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most calls it was answering at the same time since the last reset."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def _handle_in_flight(self, request: Request) -> Response:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            return self._handle(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _handle(self, request: Request) -> Response:
         raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
@@ -120,7 +149,11 @@ class FakeThreatscore:
                 )
             value = unquote(raw_path[len(prefix) :])
             self._calls[value] += 1
-            scripted = self._scripts.get(value)
+            in_turn = self._in_turn.get(value)
+            if in_turn:
+                scripted = in_turn[min(self._calls[value], len(in_turn)) - 1]
+            else:
+                scripted = self._scripts.get(value)
         if self.latency:
             time.sleep(self.latency)
         if scripted is None:
