@@ -1,4 +1,5 @@
-# Two commands: `make run` serves the relay locally, `make test` runs every check.
+# `make run` serves the relay locally, `make test` runs every check, `make bench` measures
+# the speed targets (docs/performance.md).
 # Each sets up its own virtualenv from the pinned requirements.
 
 PYTHON ?= python3
@@ -34,6 +35,9 @@ unit: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
 test: lint unit
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import json
 import logging
 
 import flask
+import orjson
 import requests
 from werkzeug.exceptions import HTTPException
 
@@ -161,8 +162,17 @@ def _request_url(request: flask.Request) -> str:
 
 def _json_response(body: dict, status: int = 200, headers: dict | None = None) -> flask.Response:
     return flask.Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        _to_json(body),
         status=status,
         headers=headers,
         mimetype="application/json",
     )
+
+
+def _to_json(body: dict) -> bytes | str:
+    """Compact UTF-8 JSON. orjson because serialising CTIM documents is most of the work
+    of an answer that comes from the cache (several times the json module's speed)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError: e.g. a lone surrogate, which json escapes
+        return json.dumps(body, separators=(",", ":"))

@@ -13,8 +13,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
 import requests
@@ -94,8 +93,7 @@ def retry_policy(retries: int) -> RetryPolicy:
     )
 
 
-@dataclass(frozen=True)
-class _Reply:
+class _Reply(NamedTuple):
     status: int
     body: bytes
     raw: urllib3.BaseHTTPResponse  # status and headers, for urllib3's retry policy
