@@ -54,7 +54,8 @@ class Handlers:
         return {"data": [self._reference(observable) for observable in observables]}
 
     def health(self, context: RequestContext) -> dict:
-        """A real probe: "no data" is healthy, any failure says what failed."""
+        """A probe through the answer cache, as observe and deliberate look up: "no data" is
+        healthy, any failure says what failed. A cached answer to the probe counts."""
         probe = self._settings.health_observable
         outcome = self._lookup.look_up([Observable("ip", probe, probe)], context.deadline)
         error = outcome[f"ip:{probe}"].error
