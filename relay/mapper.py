@@ -157,9 +157,13 @@ def _ctim_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@functools.lru_cache(maxsize=4096)
 def _transient_id(observable: Observable, scorer: str, scored_at: str, score: float) -> str:
-    """Deterministic: the same observable, scorer, date and score give the same id (so it is
-    remembered: a cached answer is mapped again on every request)."""
-    material = "\x1f".join((observable.type, observable.value, scorer, scored_at, repr(score)))
+    """Deterministic: the same observable, scorer, date and score give the same id."""
+    # repr, not the float, is remembered: 0.0 and -0.0 are equal floats but different ids.
+    return _transient_id_of("\x1f".join((observable.type, observable.value, scorer, scored_at, repr(score))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _transient_id_of(material: str) -> str:
+    """Remembered: a cached answer is mapped again on every request."""
     return f"transient:threatscore-judgement-{hashlib.sha256(material.encode()).hexdigest()}"
