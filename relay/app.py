@@ -1,7 +1,8 @@
 """Routing: one Flask request in, one JSON response out, whatever happens.
 
 `RelayApp` is built once per process (settings, the shared HTTP session, the
-Threatscore client, the authenticator) and is the only thing `main.py` calls.
+Threatscore client, the answer cache, the authenticator) and is the only thing
+`main.py` calls.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import uuid
 
 import flask
+import orjson
 import requests
 from werkzeug.exceptions import HTTPException
 
 from relay.auth import Authenticator, build_authenticator
+from relay.cache import AnswerCache, NoCache, build_cache
 from relay.config import Settings
 from relay.errors import (
     InternalError,
@@ -26,6 +29,7 @@ from relay.errors import (
 )
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging
+from relay.lookup import Lookup
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreSource, ThreatscoreClient
 
@@ -52,10 +56,20 @@ def route_for(path: str) -> str | None:
     return None
 
 
+# Connections kept open to Threatscore: enough for this many requests fanning out at once
+# (beyond it, urllib3 opens extra connections, closes them after use and logs a warning).
+REQUESTS_FANNING_OUT_AT_ONCE = 4
+
+
 def make_session(settings: Settings) -> requests.Session:
-    """The one HTTP session of the process: its connection pool is reused across invocations."""
+    """The one HTTP session of the process: its connection pool is reused across invocations.
+
+    No `Retry` on the adapter: the Threatscore client retries within each
+    request's deadline (see `ThreatscoreClient`), and the authenticator's
+    key fetches are not retried.
+    """
     session = requests.Session()
-    pool_size = max(10, settings.threatscore_max_concurrency)
+    pool_size = max(10, settings.threatscore_max_concurrency * REQUESTS_FANNING_OUT_AT_ONCE)
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -63,9 +77,16 @@ def make_session(settings: Settings) -> requests.Session:
 
 
 class RelayApp:
-    def __init__(self, settings: Settings, source: ScoreSource, authenticator: Authenticator):
+    def __init__(
+        self,
+        settings: Settings,
+        source: ScoreSource,
+        authenticator: Authenticator,
+        cache: AnswerCache | None = None,
+    ):
         self.settings = settings
-        self.handlers = Handlers(settings, source)
+        lookup = Lookup(source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency)
+        self.handlers = Handlers(settings, lookup)
         self.authenticator = authenticator
 
     @classmethod
@@ -74,7 +95,12 @@ class RelayApp:
         settings = Settings.from_env()
         setup_logging(settings.log_level)
         session = make_session(settings)
-        return cls(settings, ThreatscoreClient(settings, session), build_authenticator(settings, session))
+        return cls(
+            settings,
+            ThreatscoreClient(settings, session),
+            build_authenticator(settings, session),
+            build_cache(settings),
+        )
 
     def handle(self, request: flask.Request) -> flask.Response:
         request_log = RequestLog(request.method, request.path, _execution_id(request))
@@ -192,8 +218,17 @@ def _request_url(request: flask.Request) -> str:
 
 def _json_response(body: dict, status: int = 200, headers: dict | None = None) -> flask.Response:
     return flask.Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        _to_json(body),
         status=status,
         headers=headers,
         mimetype="application/json",
     )
+
+
+def _to_json(body: dict) -> bytes | str:
+    """Compact UTF-8 JSON. orjson because serialising CTIM documents is most of the work
+    of an answer that comes from the cache (several times the json module's speed)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError: e.g. a lone surrogate, which json escapes
+        return json.dumps(body, separators=(",", ":"))

@@ -1,7 +1,8 @@
 """Endpoint handlers: observables in, an XDR answer body out.
 
-The handlers share one `ScoreSource` (the Threatscore client) and the CTIM
-mapper. Everything about one request travels in its `RequestContext`.
+The handlers share one `Lookup` (the answer cache in front of the Threatscore
+client) and the CTIM mapper. Everything about one request travels in its
+`RequestContext`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from urllib.parse import quote
 from relay.config import Settings
 from relay.errors import HealthCheckError, RelayError, envelope
 from relay.logs import RequestStats
-from relay.lookup import look_up
+from relay.lookup import Lookup
 from relay.mapper import MappingOptions, map_answer, search_url
 from relay.observables import SUPPORTED_TYPES, Observable
-from relay.threatscore import ScoreSource
 from relay.version import VERSION
 
 REFER_MODULE = "threatscore"
@@ -45,9 +45,9 @@ class RequestContext:
 
 
 class Handlers:
-    def __init__(self, settings: Settings, source: ScoreSource):
+    def __init__(self, settings: Settings, lookup: Lookup):
         self._settings = settings
-        self._source = source
+        self._lookup = lookup
 
     def observe(self, observables: list[Observable], context: RequestContext) -> dict:
         return self._enrich(observables, context, with_judgements=True)
@@ -59,10 +59,10 @@ class Handlers:
         return {"data": [self._reference(observable) for observable in observables]}
 
     def health(self, context: RequestContext) -> dict:
-        """A real probe: "no data" is healthy, any failure says what failed."""
+        """A real probe of Threatscore, never answered from the cache: "no data" is healthy,
+        any failure says what failed."""
         probe = self._settings.health_observable
-        outcome = look_up(self._source, [Observable("ip", probe, probe)], 1, context.deadline)
-        error = outcome[f"ip:{probe}"].error
+        error = self._lookup.probe(Observable("ip", probe, probe), context.deadline, context.stats).error
         if error is not None:
             failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
             context.stats.count_error(failure.code, failure.message)
@@ -73,9 +73,7 @@ class Handlers:
         return {"version": VERSION}
 
     def _enrich(self, observables: list[Observable], context: RequestContext, with_judgements: bool) -> dict:
-        outcomes = look_up(
-            self._source, observables, self._settings.threatscore_max_concurrency, context.deadline
-        )
+        outcomes = self._lookup.look_up(observables, context.deadline, context.stats)
         options = MappingOptions(
             now=context.now,
             ui_url=self._settings.threatscore_ui_url,

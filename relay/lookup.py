@@ -1,7 +1,13 @@
-"""Looking up the observables of one request: concurrently, within a deadline.
+"""Looking up the observables of one request: cache first, then Threatscore,
+concurrently, within a deadline.
 
 Each observable ends with an answer (possibly "no data") or with the error
 that explains why not; one failure never costs the others their results.
+
+`Lookup` is built once per process. What it shares between requests is the
+answer cache and the single flight (so that concurrent requests for one
+observable cost one upstream call); everything about one request stays in
+the arguments of `look_up`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from relay.cache import AnswerCache, SingleFlight
 from relay.errors import DeadlineExceededError, InternalError, RelayError
+from relay.logs import RequestStats
 from relay.observables import Observable
 from relay.threatscore import ScoreSource
 
@@ -24,35 +32,104 @@ class Outcome:
     error: RelayError | None = None
 
 
-def look_up(
-    source: ScoreSource, observables: list[Observable], max_concurrency: int, deadline: float
-) -> dict[str, Outcome]:
-    """Outcomes by `Observable.cache_key`; `deadline` is a `time.monotonic()` instant."""
-    if not observables:
-        return {}
-    executor = ThreadPoolExecutor(
-        max_workers=min(max_concurrency, len(observables)), thread_name_prefix="threatscore"
-    )
-    try:
-        futures = {executor.submit(_outcome, source, observable): observable for observable in observables}
-        done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        outcomes = {}
-        for future, observable in futures.items():
-            if future in done:
-                outcomes[observable.cache_key] = future.result()
+class Lookup:
+    def __init__(self, source: ScoreSource, cache: AnswerCache, max_concurrency: int):
+        self._source = source
+        self._cache = cache
+        self._max_concurrency = max_concurrency
+        self._flight = SingleFlight()
+
+    def look_up(
+        self, observables: list[Observable], deadline: float, stats: RequestStats
+    ) -> dict[str, Outcome]:
+        """Outcomes by `Observable.cache_key`; `deadline` is a `time.monotonic()` instant.
+
+        `stats` (the request's own) counts the cache hits and the upstream calls.
+
+        Returns by the deadline: an observable still unanswered then gets a
+        timeout error, and its upstream call finishes in the background.
+        """
+        outcomes: dict[str, Outcome] = {}
+        misses: dict[str, Observable] = {}
+        for observable in observables:
+            key = observable.cache_key
+            if key in outcomes or key in misses:
+                continue
+            # In the request's own thread: an all-cached request starts no thread at all.
+            hit = self._cache.get(key)
+            if hit is not None:
+                stats.count_cache_hit()
+                outcomes[key] = Outcome(answer=hit.answer)
             else:
-                outcomes[observable.cache_key] = Outcome(
-                    error=DeadlineExceededError("Threatscore did not answer before the relay's deadline")
-                )
+                misses[key] = observable
+        if misses:
+            outcomes.update(self._fetch_all(list(misses.values()), deadline, stats))
         return outcomes
-    finally:
-        # Late lookups finish in the background; nobody waits for them.
-        executor.shutdown(wait=False, cancel_futures=True)
+
+    def probe(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
+        """A real upstream call whatever the cache holds (the health check); a good answer
+        refreshes the cache that observe and deliberate read."""
+        stats.count_upstream_call()
+        outcome = _fetched(self._source, observable, deadline)
+        if outcome.error is None:
+            self._cache.put(observable.cache_key, outcome.answer)
+        return outcome
+
+    def _fetch_all(
+        self, observables: list[Observable], deadline: float, stats: RequestStats
+    ) -> dict[str, Outcome]:
+        # A pool per request, not per process: a request's hung lookups then occupy only its
+        # own threads (never another request's), the concurrency bound is per request as
+        # documented, and no thread is started in gunicorn's master before it forks the worker.
+        # Starting a few threads costs well under a millisecond next to an upstream call.
+        executor = ThreadPoolExecutor(
+            max_workers=min(self._max_concurrency, len(observables)), thread_name_prefix="threatscore"
+        )
+        try:
+            futures = {
+                executor.submit(self._shared_lookup, observable, deadline, stats): observable
+                for observable in observables
+            }
+            done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            outcomes = {}
+            for future, observable in futures.items():
+                if future in done:
+                    outcomes[observable.cache_key] = future.result()
+                else:
+                    outcomes[observable.cache_key] = Outcome(
+                        error=DeadlineExceededError("Threatscore did not answer before the relay's deadline")
+                    )
+            return outcomes
+        finally:
+            # Late lookups finish in the background (their timeouts end at the deadline);
+            # nobody waits for them, and lookups not started yet never start.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _shared_lookup(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
+        """One upstream call per observable at a time, whichever requests ask for it.
+
+        Only the request whose flight it is counts the call (or the late hit) in its stats.
+        """
+        return self._flight.do(
+            observable.cache_key, lambda: self._cached_or_fetched(observable, deadline, stats)
+        )
+
+    def _cached_or_fetched(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
+        # Asked again: a flight for this key may have finished since the request's first look.
+        hit = self._cache.get(observable.cache_key)
+        if hit is not None:
+            stats.count_cache_hit()
+            return Outcome(answer=hit.answer)
+        stats.count_upstream_call()
+        outcome = _fetched(self._source, observable, deadline)
+        if outcome.error is None:  # errors are never cached: the next lookup asks again
+            self._cache.put(observable.cache_key, outcome.answer)
+        return outcome
 
 
-def _outcome(source: ScoreSource, observable: Observable) -> Outcome:
+def _fetched(source: ScoreSource, observable: Observable, deadline: float) -> Outcome:
     try:
-        return Outcome(answer=source.score(observable.lookup_value))
+        return Outcome(answer=source.score(observable.lookup_value, deadline))
     except RelayError as error:
         return Outcome(error=error)
     except Exception:  # a bug must cost one observable, never the whole answer

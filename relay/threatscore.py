@@ -1,21 +1,29 @@
 """The Threatscore client: one lookup, one normalised answer or one precise error.
 
-`ScoreSource` is what the handlers depend on, so that another Threatscore API
+`ScoreSource` is what the lookups depend on, so that another Threatscore API
 (the v3 search) can be added later as a second implementation.
+
+A lookup retries what is worth retrying (a failed connection, 502/503/504,
+429) within the caller's deadline: see `ThreatscoreClient._fetch_with_retries`.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
 import requests
 import urllib3
+from urllib3.exceptions import InvalidHeader, MaxRetryError
+from urllib3.util.retry import Retry
 
 from relay.config import Settings
 from relay.errors import (
+    DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
     RelayError,
@@ -32,20 +40,90 @@ from relay.version import VERSION
 USER_AGENT = f"threatscore-xdr-relay/{VERSION} (+Cisco XDR relay module)"
 NOT_FOUND_MARKER = "observable not found"
 
+# Answers worth asking again: overloaded or restarting (502/503/504), rate limited (429).
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Waits between attempts: 0.2 s, 0.4 s, 0.8 s... each plus up to RETRY_JITTER at random, so
+# that lookups which failed together do not all come back at the same instant.
+RETRY_BACKOFF_FACTOR = 0.2
+RETRY_JITTER = 0.1
+RETRY_BACKOFF_MAX = 5.0
+# An attempt that would have less time than this before the deadline is not worth starting.
+MIN_ATTEMPT_SECONDS = 0.05
+
 
 class ScoreSource(Protocol):
-    def score(self, value: str) -> dict | None:
-        """The normalised answer for `value`, None for "no data"; raises `RelayError`."""
+    def score(self, value: str, deadline: float | None = None) -> dict | None:
+        """The normalised answer for `value`, None for "no data"; raises `RelayError`.
+
+        `deadline` (a `time.monotonic()` instant) bounds the whole lookup, retries included.
+        """
+
+
+class RetryPolicy(Retry):
+    """urllib3's `Retry`, except that the first retry also waits (with jitter).
+
+    urllib3 retries the first time at once; a Threatscore that has just answered
+    503 to many lookups at the same moment deserves a short, spread-out pause.
+    """
+
+    def get_backoff_time(self) -> float:
+        failures = len(self.history)
+        if failures == 0:
+            return 0.0
+        backoff = self.backoff_factor * 2 ** (failures - 1) + random.uniform(0, self.backoff_jitter)  # noqa: S311 - jitter, not a secret
+        return min(self.backoff_max, backoff)
+
+
+def retry_policy(retries: int) -> RetryPolicy:
+    """At most `retries` more attempts after the first, whatever failed."""
+    return RetryPolicy(
+        total=retries,
+        connect=None,
+        read=None,
+        status=None,
+        other=None,
+        redirect=0,
+        allowed_methods=frozenset({"GET"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=RETRY_BACKOFF_FACTOR,
+        backoff_jitter=RETRY_JITTER,
+        backoff_max=RETRY_BACKOFF_MAX,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    raw: urllib3.BaseHTTPResponse  # status and headers, for urllib3's retry policy
+
+
+class _RetryableConnectionError(Exception):
+    """An attempt that failed before a whole answer arrived: worth another try."""
+
+    def __init__(self, error: RelayError, cause: Exception):
+        super().__init__(error.message)
+        self.error = error
+        self.cause = cause
 
 
 class ThreatscoreClient:
     """The score API: `GET {base}/api/score/{value}`."""
 
-    def __init__(self, settings: Settings, session: requests.Session):
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self._base_url = settings.threatscore_api_url
         self._timeout = (settings.threatscore_connect_timeout, settings.threatscore_read_timeout)
         self._max_body_bytes = settings.threatscore_max_body_bytes
         self._session = session
+        # Immutable: each lookup starts from it, and `increment` returns a new policy.
+        self._retry_policy = retry_policy(settings.threatscore_retries)
+        self._sleep = sleep  # tests watch the waits between attempts
 
     def url_for(self, value: str) -> str:
         """One path segment, whatever the value holds: no `/`, `?`, `#` or `..` can steer the path."""
@@ -55,67 +133,151 @@ class ThreatscoreClient:
             raise InvalidArgumentError(f"{value!r} cannot be looked up on Threatscore")
         return f"{self._base_url}/api/score/{segment}"
 
-    def score(self, value: str) -> dict | None:
-        status, body = self._fetch(self.url_for(value))
+    def score(self, value: str, deadline: float | None = None) -> dict | None:
+        status, body = self._fetch_with_retries(self.url_for(value), deadline)
         if status == 200:
             return parse_score_answer(_json(body))
         if status == 404 and NOT_FOUND_MARKER in _error_message(body).lower():
             return None  # "no data", not an error
         raise _status_error(status, body)
 
-    def _fetch(self, url: str) -> tuple[int, bytes]:
+    def _fetch_with_retries(self, url: str, deadline: float | None) -> tuple[int, bytes]:
+        """The first answer that is not worth retrying, or the last error.
+
+        Why a loop here rather than `Retry` on the HTTPAdapter: urllib3 would
+        sleep (backoff, Retry-After) and start attempts without knowing this
+        lookup's deadline, and requests has no per-call retries argument to
+        give it one; the session is also shared with the authenticator's key
+        fetches, which must not be retried. So urllib3's `Retry` still decides
+        what a failure costs, how long to back off and what `Retry-After`
+        means; this loop only refuses to wait or try past the deadline, and
+        each attempt's timeouts are cut to the time left.
+        """
+        retry: Retry = self._retry_policy
+        while True:
+            try:
+                reply = self._fetch(url, deadline)
+            except _RetryableConnectionError as failure:
+                last_error = failure.error
+                try:
+                    retry = retry.increment("GET", url, error=failure.cause)
+                except MaxRetryError:
+                    raise last_error from None
+                wait = retry.get_backoff_time()
+            else:
+                if reply.status not in RETRY_STATUSES:
+                    return reply.status, reply.body
+                last_error = _status_error(reply.status, reply.body)
+                try:
+                    retry = retry.increment("GET", url, response=reply.raw)
+                except MaxRetryError:
+                    raise last_error from None
+                retry_after = _retry_after(retry, reply.raw)
+                wait = retry.get_backoff_time() if retry_after is None else retry_after
+                if reply.status == 429 and retry_after is not None and not _fits(wait, deadline):
+                    raise TooManyRequestsError(
+                        f"Threatscore is rate limiting the relay (HTTP 429) and asks to wait {wait:g} s,"
+                        " longer than the relay's deadline allows"
+                    ) from None
+            if not _fits(wait, deadline):
+                raise last_error
+            self._sleep(wait)
+
+    def _fetch(self, url: str, deadline: float | None) -> _Reply:
+        timeout = self._attempt_timeout(deadline)
         try:
             with self._session.get(
                 url,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                timeout=self._timeout,
+                timeout=timeout,
                 stream=True,
             ) as response:
-                return response.status_code, self._read_capped(response)
+                return _Reply(
+                    response.status_code, self._read_capped(response, timeout[1], deadline), response.raw
+                )
         except RelayError:
             raise
         except requests.exceptions.SSLError:
             raise UpstreamTLSError("Threatscore's TLS certificate could not be verified") from None
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeoutError(
-                f"Threatscore did not accept a connection within {self._timeout[0]:g} s"
+        except requests.exceptions.ConnectTimeout as exc:
+            raise _RetryableConnectionError(
+                self._timeout_error(
+                    f"Threatscore did not accept a connection within {timeout[0]:g} s", deadline
+                ),
+                exc,
             ) from None
         except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
-            raise UpstreamTimeoutError(f"Threatscore did not answer within {self._timeout[1]:g} s") from None
+            # Not retried: a slow Threatscore is not helped by more questions.
+            raise self._timeout_error(
+                f"Threatscore did not answer within {timeout[1]:g} s", deadline
+            ) from None
         except requests.exceptions.ConnectionError as exc:
-            raise UpstreamConnectionError(_connection_problem(exc)) from None
+            raise _RetryableConnectionError(UpstreamConnectionError(_connection_problem(exc)), exc) from None
         except (
             requests.exceptions.ChunkedEncodingError,
             urllib3.exceptions.ProtocolError,
             urllib3.exceptions.DecodeError,
-        ):
-            raise UpstreamConnectionError("the connection to Threatscore broke off mid-answer") from None
+        ) as exc:
+            raise _RetryableConnectionError(
+                UpstreamConnectionError("the connection to Threatscore broke off mid-answer"), exc
+            ) from None
         except requests.exceptions.RequestException as exc:
             raise UpstreamConnectionError(
                 f"Threatscore could not be reached ({type(exc).__name__})"
             ) from None
 
-    def _read_capped(self, response: requests.Response) -> bytes:
+    def _attempt_timeout(self, deadline: float | None) -> tuple[float, float]:
+        """(connect, read) timeouts for one attempt: the configured ones, cut to the time left."""
+        if deadline is None:
+            return self._timeout
+        left = deadline - time.monotonic()
+        if left < MIN_ATTEMPT_SECONDS:
+            raise DeadlineExceededError("Threatscore did not answer before the relay's deadline")
+        return min(self._timeout[0], left), min(self._timeout[1], left)
+
+    @staticmethod
+    def _timeout_error(message: str, deadline: float | None) -> RelayError:
+        """A timeout that the deadline cut short says so, rather than naming a shortened timeout."""
+        if deadline is not None and time.monotonic() >= deadline - MIN_ATTEMPT_SECONDS:
+            return DeadlineExceededError("Threatscore did not answer before the relay's deadline")
+        return UpstreamTimeoutError(message)
+
+    def _read_capped(self, response: requests.Response, read_timeout: float, deadline: float | None) -> bytes:
         """The body, refusing more than the cap without holding more than the cap.
 
         The read timeout bounds each wait for bytes; a body that trickles in
-        must also arrive whole within that time.
+        must also arrive whole within that time (and before the deadline).
         """
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             raise _too_large(self._max_body_bytes)
-        give_up_at = time.monotonic() + self._timeout[1]
+        give_up_at = time.monotonic() + read_timeout
         chunks, size = [], 0
         for chunk in _arriving_chunks(response.raw):
             size += len(chunk)
             if size > self._max_body_bytes:
                 raise _too_large(self._max_body_bytes)
             if time.monotonic() > give_up_at:
-                raise UpstreamTimeoutError(
-                    f"Threatscore's answer did not arrive within {self._timeout[1]:g} s"
+                raise self._timeout_error(
+                    f"Threatscore's answer did not arrive within {read_timeout:g} s", deadline
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _retry_after(retry: Retry, raw: urllib3.BaseHTTPResponse) -> float | None:
+    """Seconds Threatscore asked to wait (429, 503), or None: then the backoff applies."""
+    if raw.status not in Retry.RETRY_AFTER_STATUS_CODES:
+        return None
+    try:
+        return retry.get_retry_after(raw)
+    except InvalidHeader:
+        return None
+
+
+def _fits(wait: float, deadline: float | None) -> bool:
+    """Whether waiting `wait` seconds still leaves time for an attempt before the deadline."""
+    return deadline is None or time.monotonic() + wait + MIN_ATTEMPT_SECONDS < deadline
 
 
 def _arriving_chunks(raw: urllib3.response.BaseHTTPResponse):

@@ -1,9 +1,11 @@
 """A fake Threatscore: a real HTTP server on 127.0.0.1 (pytest-httpserver, threaded).
 
-Tests script what each value answers (`answer`), and read back what the
-upstream really received (`calls_for`, `raw_paths`). Unknown values get
-the 404 "Observable not found" that means "no data", or what `fallback` says.
-`inject_faults` makes a share of all requests fail at random (load tests).
+Tests script what each value answers (`answer`, or `answer_in_turn` for a
+different reply on each call), and read back what the upstream really
+received (`calls_for`, `total_calls`, `peak_in_flight`, `raw_paths`). Unknown
+values get the 404 "Observable not found" that means "no data", or what
+`fallback` says. `inject_faults` makes a share of all requests fail at random
+(load tests).
 """
 
 from __future__ import annotations
@@ -78,12 +80,15 @@ class FakeThreatscore:
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()  # by the injected fault's label
+        self._in_turn: dict[str, list[Scripted]] = {}
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self.raw_paths: list[str] = []
         self.user_agents: list[str] = []
 
     # --- lifecycle ---
     def start(self) -> FakeThreatscore:
-        self.server.expect_request(re.compile(r"^/.*")).respond_with_handler(self._handle)
+        self.server.expect_request(re.compile(r"^/.*")).respond_with_handler(self._handle_in_flight)
         self.server.start()
         return self
 
@@ -100,6 +105,7 @@ class FakeThreatscore:
     def answer(self, value: str, body: object = None, status: int = 200, **options) -> None:
         """What `GET /api/score/{value}` answers from now on."""
         with self._lock:
+            self._in_turn.pop(value, None)
             self._scripts[value] = Scripted(status=status, body=body, **options)
 
     def fallback(self, scripted_for: Callable[[str], Scripted] | None) -> None:
@@ -114,6 +120,12 @@ class FakeThreatscore:
             self._faults = tuple(faults)
             self._random = random.Random(seed)
 
+    def answer_in_turn(self, value: str, *replies: Scripted) -> None:
+        """Call n for `value` gets `replies[n-1]`; the last reply repeats. E.g. 503, 503, then 200."""
+        with self._lock:
+            self._scripts.pop(value, None)
+            self._in_turn[value] = list(replies)
+
     def reset(self) -> None:
         with self._lock:
             self._scripts.clear()
@@ -121,7 +133,9 @@ class FakeThreatscore:
             self._fault_rate = 0.0
             self._faults = ()
             self.faults_injected.clear()
+            self._in_turn.clear()
             self._calls.clear()
+            self._peak_in_flight = 0
             self.raw_paths.clear()
             self.user_agents.clear()
 
@@ -134,6 +148,22 @@ class FakeThreatscore:
     def total_calls(self) -> int:
         with self._lock:
             return sum(self._calls.values())
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most calls it was answering at the same time since the last reset."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def _handle_in_flight(self, request: Request) -> Response:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            return self._handle(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _handle(self, request: Request) -> Response:
         raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
@@ -149,7 +179,11 @@ class FakeThreatscore:
                 )
             value = unquote(raw_path[len(prefix) :])
             self._calls[value] += 1
-            scripted = self._scripts.get(value)
+            in_turn = self._in_turn.get(value)
+            if in_turn:
+                scripted = in_turn[min(self._calls[value], len(in_turn)) - 1]
+            else:
+                scripted = self._scripts.get(value)
             if self._faults and self._random.random() < self._fault_rate:
                 scripted = self._random.choice(self._faults)
                 self.faults_injected[fault_label(scripted)] += 1

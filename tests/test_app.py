@@ -278,3 +278,10 @@ def test_invalid_body_is_a_clear_invalid_argument(threatscore, client):
 def test_empty_list(client):
     assert post(client, OBSERVE, []) == {"data": {}}
     assert post(client, "/refer/observables", []) == {"data": []}
+
+
+def test_an_answer_orjson_refuses_is_still_json():
+    from relay.app import _json_response
+
+    response = _json_response({"errors": [{"message": "lone surrogate \ud800 in a value"}]})
+    assert response.get_json() == {"errors": [{"message": "lone surrogate \ud800 in a value"}]}

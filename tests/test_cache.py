@@ -4,19 +4,17 @@ redis-server started by these tests, backend selection and single-flight."""
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import redis
 
 from relay.cache import (
     REDIS_KEY_PREFIX,
@@ -29,6 +27,7 @@ from relay.cache import (
     make_redis_client,
 )
 from relay.config import ConfigError, Settings
+from tests.conftest import RedisServer, free_port
 
 # A deadlock must fail the run, not hang it.
 pytestmark = pytest.mark.timeout(60)
@@ -52,88 +51,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def free_port() -> int:
-    """A 127.0.0.1 port nothing listens on (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A throwaway redis-server process: no persistence, loopback only."""
-
-    def __init__(self, executable: str, workdir: Path, password: str | None = None):
-        self._executable = executable
-        self._workdir = workdir
-        self.password = password
-        self.port = free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        """A client for the test's own checks (not a cache's client)."""
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=5)
-
-    def start(self) -> None:
-        command = [self._executable, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
-        if self.password:
-            command += ["--requirepass", self.password]
-        self._process = subprocess.Popen(
-            command, cwd=self._workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                output = self._process.stdout.read().decode(errors="replace") if self._process.stdout else ""
-                pytest.fail(f"redis-server exited with {self._process.returncode}:\n{output}")
-            try:
-                with self.client() as probe:
-                    probe.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.02)
-        self.kill()
-        pytest.fail(f"redis-server did not answer on port {self.port} within 10 s")
-
-    def kill(self) -> None:
-        """Stop it abruptly, as a crash would."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=10)
-        if self._process is not None and self._process.stdout:
-            self._process.stdout.close()
-        self._process = None
-
-
-@pytest.fixture
-def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Starts real redis-server processes; all are killed after the test."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is not installed: apt-get update && apt-get install -y redis-server")
-    servers: list[RedisServer] = []
-
-    def start(password: str | None = None) -> RedisServer:
-        server = RedisServer(executable, tmp_path, password)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-
-
-@pytest.fixture
-def redis_server(start_redis: Callable[..., RedisServer]) -> RedisServer:
-    return start_redis()
 
 
 def redis_cache(server: RedisServer, ttl: float = 3600, negative_ttl: float = 600, **kwargs) -> RedisCache:

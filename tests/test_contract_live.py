@@ -57,6 +57,9 @@ def live_relay(tmp_path_factory):
         "RELAY_DEADLINE": "5",
         "RELAY_AUTH": "none",
         "LOG_LEVEL": "WARNING",
+        # No answer cache: every generated lookup reaches the fake and its faults.
+        "CACHE_TTL": "0",
+        "CACHE_NEGATIVE_TTL": "0",
     }
     try:
         with RelayProcess(env, tmp_path_factory.mktemp("relay")) as relay:

@@ -55,7 +55,7 @@ def test_each_request_logs_one_line_with_its_facts(threatscore, client, capsys):
     assert line["logging.googleapis.com/labels"] == {"execution_id": "exec-42abc"}
     assert line["path"] == OBSERVE and line["method"] == "POST" and line["status"] == 200
     assert line["observables"] == 2
-    assert isinstance(line["upstream_calls"], int) and isinstance(line["cache_hits"], int)
+    assert line["upstream_calls"] == 2 and line["cache_hits"] == 0
     assert isinstance(line["duration_ms"], float) and 0 <= line["duration_ms"] < 10_000
     assert line["errors"] == [
         {"code": "service unavailable", "message": "Threatscore is unavailable (HTTP 500)", "count": 1}
@@ -65,6 +65,18 @@ def test_each_request_logs_one_line_with_its_facts(threatscore, client, capsys):
     # Neither the token nor the request body (its values) is ever written.
     for secret in (TOKEN, TOKEN.split(".")[2], MARKER, "198.51.100.7"):
         assert secret not in relay_output(out) and secret not in err
+
+
+def test_upstream_calls_and_cache_hits_are_counted_per_request(threatscore, client, capsys):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    threatscore.answer("198.51.100.8", answers.ERROR_500, status=500)
+    sent = [{"type": "ip", "value": "198.51.100.7"}, {"type": "ip", "value": "198.51.100.8"}]
+    capsys.readouterr()
+    client.post(OBSERVE, json=sent)
+    client.post(OBSERVE, json=sent)  # the found answer is cached, the error is not
+    first, second = request_lines(log_records(capsys.readouterr().out))
+    assert (first["upstream_calls"], first["cache_hits"]) == (2, 0)
+    assert (second["upstream_calls"], second["cache_hits"]) == (1, 1)
 
 
 def test_a_request_without_execution_id_gets_one(threatscore, client, capsys):

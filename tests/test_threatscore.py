@@ -3,6 +3,7 @@
 import ssl
 import time
 from dataclasses import replace
+from email.utils import formatdate
 
 import pytest
 import requests
@@ -10,22 +11,33 @@ import trustme
 
 from relay.config import Settings
 from relay.errors import RelayError
-from relay.threatscore import ThreatscoreClient
+from relay.threatscore import RETRY_BACKOFF_FACTOR, RETRY_JITTER, ThreatscoreClient, retry_policy
 from tests import answers
 from tests.conftest import free_port
-from tests.fake_threatscore import FakeThreatscore
+from tests.fake_threatscore import FakeThreatscore, Scripted
+
+VALUE = "198.51.100.7"
+
+
+class Waits(list):
+    """A sleep that remembers how long it was asked to wait (and really waits)."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        time.sleep(seconds)
 
 
 @pytest.fixture
 def make_threatscore_client(threatscore):
-    def build(**changes) -> ThreatscoreClient:
+    def build(sleep=time.sleep, **changes) -> ThreatscoreClient:
         defaults = {
             "threatscore_api_url": threatscore.url,
             "threatscore_connect_timeout": 1.0,
             "threatscore_read_timeout": 1.0,
+            "threatscore_retries": 0,  # retries have their own tests below
         }
         settings = replace(Settings(), **{**defaults, **changes})
-        return ThreatscoreClient(settings, requests.Session())
+        return ThreatscoreClient(settings, requests.Session(), sleep=sleep)
 
     return build
 
@@ -35,9 +47,9 @@ def ts_client(make_threatscore_client):
     return make_threatscore_client()
 
 
-def error_of(ts_client, value) -> RelayError:
+def error_of(ts_client, value, deadline=None) -> RelayError:
     with pytest.raises(RelayError) as raised:
-        ts_client.score(value)
+        ts_client.score(value, deadline)
     return raised.value
 
 
@@ -165,3 +177,167 @@ def test_tls_failure_with_a_self_signed_certificate():
         assert fake.total_calls == 0
     finally:
         fake.stop()
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_502_503_504_are_retried_then_the_answer_is_used(threatscore, make_threatscore_client, status):
+    threatscore.answer_in_turn(
+        VALUE,
+        Scripted(status=status, body=answers.PROXY_502_HTML, content_type="text/html"),
+        Scripted(status=status, body=""),
+        Scripted(body=answers.FOUR_ENGINES),
+    )
+    client = make_threatscore_client(threatscore_retries=2)
+    answer = client.score(VALUE, time.monotonic() + 10)
+    assert len(answer["scores"][0]["details"]) == 4
+    assert threatscore.calls_for(VALUE) == 3
+
+
+def test_a_connection_reset_mid_answer_is_retried(threatscore, make_threatscore_client):
+    threatscore.answer_in_turn(
+        VALUE, Scripted(body=answers.FOUR_ENGINES, fault="reset"), Scripted(body=answers.FOUR_ENGINES)
+    )
+    answer = make_threatscore_client(threatscore_retries=1).score(VALUE, time.monotonic() + 10)
+    assert len(answer["scores"][0]["details"]) == 4
+    assert threatscore.calls_for(VALUE) == 2
+
+
+def test_retries_stop_after_threatscore_retries(threatscore, make_threatscore_client):
+    threatscore.answer(VALUE, "", status=503)
+    waits = Waits()
+    error = error_of(
+        make_threatscore_client(threatscore_retries=2, sleep=waits), VALUE, time.monotonic() + 10
+    )
+    assert error.code == "service unavailable" and "HTTP 503" in error.message
+    assert threatscore.calls_for(VALUE) == 3
+    assert len(waits) == 2
+
+
+def test_waits_between_attempts_grow_exponentially(threatscore, make_threatscore_client):
+    threatscore.answer(VALUE, "", status=502)
+    waits = Waits()
+    error_of(make_threatscore_client(threatscore_retries=3, sleep=waits), VALUE, time.monotonic() + 10)
+    assert len(waits) == 3
+    for attempt, wait in enumerate(waits):
+        base = RETRY_BACKOFF_FACTOR * 2**attempt
+        assert base <= wait <= base + RETRY_JITTER
+
+
+def test_waits_are_jittered_so_lookups_that_failed_together_come_back_apart():
+    first_waits = {
+        retry_policy(2).increment("GET", "/x", error=ConnectionError()).get_backoff_time() for _ in range(20)
+    }
+    assert len(first_waits) > 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (500, answers.ERROR_500, "service unavailable"),
+        (404, answers.ERROR_404_GENERIC, "not found"),
+        (400, {"error": {"type": "Client Error", "code": "400", "message": "Bad Request"}}, "unknown"),
+        (403, "<html>Forbidden</html>", "unknown"),
+    ],
+)
+def test_other_statuses_are_not_retried(threatscore, make_threatscore_client, status, body, code):
+    threatscore.answer(VALUE, body, status=status)
+    waits = Waits()
+    error = error_of(
+        make_threatscore_client(threatscore_retries=2, sleep=waits), VALUE, time.monotonic() + 10
+    )
+    assert error.code == code
+    assert threatscore.calls_for(VALUE) == 1
+    assert waits == []
+
+
+def test_a_read_timeout_is_not_retried(threatscore, make_threatscore_client):
+    threatscore.answer(VALUE, answers.FOUR_ENGINES, delay=2)
+    client = make_threatscore_client(threatscore_retries=2, threatscore_read_timeout=0.5)
+    error = error_of(client, VALUE, time.monotonic() + 10)
+    assert error.code == "timeout" and "did not answer within 0.5 s" in error.message
+    assert threatscore.calls_for(VALUE) == 1
+
+
+def test_connection_refused_is_retried_then_the_answer_is_used():
+    port = free_port()  # nothing listens there yet: the first attempt is refused
+    fake = FakeThreatscore(port=port)
+    waits: list[float] = []
+
+    def start_threatscore_then_wait(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            fake.start()
+            fake.answer(VALUE, answers.FOUR_ENGINES)
+        time.sleep(seconds)
+
+    settings = replace(Settings(), threatscore_api_url=f"http://127.0.0.1:{port}", threatscore_retries=2)
+    client = ThreatscoreClient(settings, requests.Session(), sleep=start_threatscore_then_wait)
+    try:
+        answer = client.score(VALUE, time.monotonic() + 10)
+        assert len(answer["scores"][0]["details"]) == 4
+        assert len(waits) == 1 and fake.calls_for(VALUE) == 1
+    finally:
+        fake.stop()
+
+
+def test_connection_refused_every_time_gives_up_after_the_retries(make_threatscore_client):
+    waits = Waits()
+    client = make_threatscore_client(
+        threatscore_api_url=f"http://127.0.0.1:{free_port()}", threatscore_retries=2, sleep=waits
+    )
+    error = error_of(client, VALUE, time.monotonic() + 10)
+    assert error.code == "connection error" and "refused" in error.message
+    assert len(waits) == 2
+
+
+def test_429_waits_for_retry_after_then_uses_the_answer(threatscore, make_threatscore_client):
+    threatscore.answer_in_turn(
+        VALUE,
+        Scripted(status=429, body=answers.ERROR_500, headers={"Retry-After": "1"}),
+        Scripted(body=answers.FOUR_ENGINES),
+    )
+    waits = Waits()
+    answer = make_threatscore_client(threatscore_retries=2, sleep=waits).score(VALUE, time.monotonic() + 5)
+    assert len(answer["scores"][0]["details"]) == 4
+    assert waits == [1]
+    assert threatscore.calls_for(VALUE) == 2
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["30", formatdate(time.time() + 3600, usegmt=True)], ids=["seconds", "http-date"]
+)
+def test_429_asking_to_wait_beyond_the_deadline_is_too_many_requests_at_once(
+    threatscore, make_threatscore_client, retry_after
+):
+    threatscore.answer(VALUE, answers.ERROR_500, status=429, headers={"Retry-After": retry_after})
+    waits = Waits()
+    started = time.monotonic()
+    error = error_of(make_threatscore_client(threatscore_retries=2, sleep=waits), VALUE, started + 3)
+    assert error.code == "too many requests"
+    assert "longer than the relay's deadline allows" in error.message
+    assert time.monotonic() - started < 1
+    assert waits == [] and threatscore.calls_for(VALUE) == 1
+
+
+def test_retries_never_pass_the_deadline(threatscore, make_threatscore_client):
+    threatscore.answer(VALUE, "", status=503, delay=0.3)
+    client = make_threatscore_client(threatscore_retries=10)
+    started = time.monotonic()
+    error = error_of(client, VALUE, started + 1.2)
+    elapsed = time.monotonic() - started
+    assert error.code in ("service unavailable", "timeout")
+    assert elapsed < 1.2 + 0.3
+    assert 2 <= threatscore.calls_for(VALUE) < 11
+
+
+def test_an_attempt_is_cut_short_at_the_deadline(threatscore, make_threatscore_client):
+    threatscore.answer(VALUE, answers.FOUR_ENGINES, delay=3)
+    client = make_threatscore_client(threatscore_read_timeout=5, threatscore_retries=2)
+    started = time.monotonic()
+    error = error_of(client, VALUE, started + 0.5)
+    assert error.code == "timeout" and "deadline" in error.message
+    assert time.monotonic() - started < 1.5
+    assert threatscore.calls_for(VALUE) == 1

@@ -1,0 +1,454 @@
+"""`make bench`: the relay's speed targets (issue 4), measured in one run, as one markdown table.
+
+It starts a fake Threatscore (tests/fake_threatscore.py, in this process) that
+sleeps a set latency per call and counts the calls it receives, and the relay
+as real `functions-framework --target=relay` processes (RELAY_AUTH=none,
+functions-framework's default server: gunicorn, 1 worker, 4 x cores threads).
+The yardsticks are trivial functions served the same way (bench/trivial*.py).
+
+Every target is a ratio or a count, so that a noisy machine moves both sides.
+Exits 1 when a target is missed. The table is also written to
+bench-results/latest.md, with the processes' logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import answers  # noqa: E402 - after the path is set
+from tests.fake_threatscore import FakeThreatscore  # noqa: E402
+
+FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
+RESULTS = ROOT / "bench-results"
+LOGS = RESULTS / "logs"
+OBSERVE = "/observe/observables"
+DEFAULT_CONCURRENCY = 10  # THREATSCORE_MAX_CONCURRENCY's default
+
+
+@dataclass
+class Row:
+    case: str
+    what: str
+    measured: str
+    target: str
+    passed: bool
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Function:
+    """One `functions-framework` process on a free loopback port."""
+
+    def __init__(self, name: str, source: Path, target: str, env: dict[str, str]):
+        self.name = name
+        self.port = free_port()
+        self._log = open(LOGS / f"{name}-{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(  # noqa: S603 - our own executable and arguments
+            [
+                str(FUNCTIONS_FRAMEWORK),
+                f"--target={target}",
+                f"--source={source}",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_until_serving(self, timeout: float = 60) -> None:
+        give_up_at = time.monotonic() + timeout
+        while time.monotonic() < give_up_at:
+            self.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError(f"{self.name} did not listen within {timeout} s")
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self._log.name}")
+
+    def stop(self) -> None:
+        """Stops it (once; later calls do nothing)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+# --- HTTP client ------------------------------------------------------------------------------------
+
+
+def post(port: int, payload: object) -> dict:
+    """POST /observe/observables on a new connection; the answer's JSON. Raises unless HTTP 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(
+            "POST", OBSERVE, body=json.dumps(payload), headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+        return json.loads(body)
+    finally:
+        connection.close()
+
+
+def observables(values: list[str]) -> list[dict]:
+    return [{"type": "ip", "value": value} for value in values]
+
+
+def verdict_count(body: dict) -> int:
+    return body.get("data", {}).get("verdicts", {}).get("count", 0)
+
+
+def timed_post(port: int, payload: object) -> tuple[dict, float]:
+    started = time.perf_counter()
+    body = post(port, payload)
+    return body, time.perf_counter() - started
+
+
+def requests_per_second(port: int, payload: object, seconds: float, clients: int) -> float:
+    """`clients` threads, each on its own keep-alive connection, posting as fast as answers come."""
+    body = json.dumps(payload)
+    headers = {"Content-Type": "application/json"}
+    counts = [0] * clients
+    failures: list[str] = []
+    start = threading.Barrier(clients + 1)
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.connect()
+        start.wait()
+        try:
+            while not stop.is_set():
+                connection.request("POST", OBSERVE, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(f"HTTP {response.status}")
+                    return
+                counts[index] += 1
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"throughput run failed: {failures[0]}")
+    return sum(counts) / elapsed
+
+
+def first_answer_after_launch(
+    name: str,
+    source: Path,
+    target: str,
+    env: dict[str, str],
+    payload: object,
+    answered: Callable[[dict], bool],
+) -> float:
+    """Seconds from launching functions-framework to the first answered POST."""
+    function = Function(name, source, target, env)
+    try:
+        while True:
+            function.check_alive()
+            try:
+                body = post(function.port, payload)
+            except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
+                time.sleep(0.002)
+                continue
+            if not answered(body):
+                raise RuntimeError(f"{name} answered {body!r:.300}")
+            return time.perf_counter() - function.started_at
+    finally:
+        function.stop()
+
+
+# --- the cases --------------------------------------------------------------------------------------
+
+
+def complete(body: dict, count: int) -> bool:
+    return verdict_count(body) == count and "errors" not in body
+
+
+def incomplete_note(ok: bool) -> str:
+    return "" if ok else ", INCOMPLETE answer"
+
+
+def cases_a_b_c(fake: FakeThreatscore, relay: Function, sequential: Function, args) -> list[Row]:
+    """A: a batch, cold; B: the same, warm; C: A with concurrency 1."""
+    values = [f"10.0.{index // 256}.{index % 256}" for index in range(args.observables)]
+    for value in values:
+        fake.answer(value, answers.FOUR_ENGINES)
+    batch = observables(values)
+    rounds = math.ceil(args.observables / DEFAULT_CONCURRENCY)
+
+    calls_before = fake.total_calls
+    body, cold = timed_post(relay.port, batch)
+    calls_a = fake.total_calls - calls_before
+    ok_a = complete(body, args.observables)
+    limit_a = 1.3 * rounds * args.latency
+
+    calls_before = fake.total_calls
+    body, warm = timed_post(relay.port, batch)
+    calls_b = fake.total_calls - calls_before
+    ok_b = complete(body, args.observables)
+
+    body, one_at_a_time = timed_post(sequential.port, batch)
+    ok_c = complete(body, args.observables)
+    return [
+        Row(
+            "A",
+            f"{args.observables} distinct observables, cold cache",
+            f"{cold:.3f} s ({calls_a} upstream calls){incomplete_note(ok_a)}",
+            f"≤ {limit_a:.3f} s (1.3 × {rounds} × {args.latency * 1000:g} ms)",
+            ok_a and cold <= limit_a,
+        ),
+        Row(
+            "B",
+            "the same again, warm cache",
+            f"{warm * 1000:.1f} ms = {100 * warm / cold:.1f} % of A, {calls_b} upstream calls"
+            f"{incomplete_note(ok_b)}",
+            "≤ 5 % of A, 0 upstream calls",
+            ok_b and warm <= 0.05 * cold and calls_b == 0,
+        ),
+        Row(
+            "C",
+            "A with THREATSCORE_MAX_CONCURRENCY=1",
+            f"{one_at_a_time:.3f} s; A / C = {cold / one_at_a_time:.3f}{incomplete_note(ok_c)}",
+            "A / C ≤ 0.15",
+            ok_c and cold / one_at_a_time <= 0.15,
+        ),
+    ]
+
+
+def case_d(fake: FakeThreatscore, relay: Function, trivial: Function, args) -> Row:
+    """Requests per second for one cached observable. Short runs of the relay and of the trivial
+    function in turn, so that whatever else the machine does weighs on both alike."""
+    fake.answer("192.0.2.10", answers.FOUR_ENGINES)
+    cached = observables(["192.0.2.10"])
+    post(relay.port, cached)  # now cached
+    for port in (relay.port, trivial.port):  # keep-alive connections and server threads up
+        requests_per_second(port, cached, 0.3, args.clients)
+    relay_rates, trivial_rates = [], []
+    for _ in range(args.pairs):
+        relay_rates.append(requests_per_second(relay.port, cached, args.throughput_seconds, args.clients))
+        trivial_rates.append(requests_per_second(trivial.port, cached, args.throughput_seconds, args.clients))
+    ratio = statistics.median(r / t for r, t in zip(relay_rates, trivial_rates, strict=True))
+    return Row(
+        "D",
+        f"1 cached observable, {args.clients} keep-alive clients, req/s"
+        f" (median of {args.pairs} paired {args.throughput_seconds:g} s runs)",
+        f"{statistics.median(relay_rates):.0f} req/s = {100 * ratio:.0f} % of trivial"
+        f" ({statistics.median(trivial_rates):.0f} req/s)",
+        "≥ 70 % of trivial",
+        ratio >= 0.7,
+    )
+
+
+def case_f(fake: FakeThreatscore, relay: Function, args) -> Row:
+    """A stampede: many requests at once for one observable nobody has asked about yet."""
+    value = "192.0.2.20"
+    fake.answer(value, answers.FOUR_ENGINES)
+    gate = threading.Barrier(args.stampede)
+    bodies: list[dict] = []
+
+    def client() -> None:
+        gate.wait()
+        bodies.append(post(relay.port, observables([value])))
+
+    threads = [threading.Thread(target=client) for _ in range(args.stampede)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    calls = fake.calls_for(value)
+    answered = sum(1 for body in bodies if complete(body, 1))
+    return Row(
+        "F",
+        f"{args.stampede} concurrent requests, one cold observable",
+        f"{calls} upstream call; {answered} answered in {seconds:.2f} s",
+        "1 upstream call",
+        calls == 1 and answered == args.stampede,
+    )
+
+
+def case_e(fake: FakeThreatscore, relay_env: dict[str, str], args) -> Row:
+    """Cold starts with upstream latency 0, interleaved so that drift hits every kind alike."""
+    fake.latency = 0.0
+    fake.answer("192.0.2.30", answers.FOUR_ENGINES)
+    probe = observables(["192.0.2.30"])
+    # Bytecode on: the first, discarded round writes the .pyc files that every later start reads,
+    # as a deployed image that carries them would.
+    bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
+    kinds = {
+        "relay": (ROOT / "main.py", "relay", {**relay_env, **bytecode}, lambda body: complete(body, 1)),
+        "trivial with deps": (
+            ROOT / "bench" / "trivial_with_deps.py",
+            "trivial",
+            bytecode,
+            lambda body: True,
+        ),
+        "bare trivial": (ROOT / "bench" / "trivial.py", "trivial", bytecode, lambda body: True),
+    }
+    starts: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for attempt in range(args.starts + 1):
+        for kind, (source, target, env, answered) in kinds.items():
+            name = f"cold-{kind.replace(' ', '-')}"
+            seconds = first_answer_after_launch(name, source, target, env, probe, answered)
+            if attempt > 0:  # the first round warms the disk cache and writes .pyc files
+                starts[kind].append(seconds)
+    medians = {kind: statistics.median(times) for kind, times in starts.items()}
+    versus_deps = medians["relay"] / medians["trivial with deps"]
+    versus_bare = medians["relay"] / medians["bare trivial"]
+    return Row(
+        "E",
+        f"cold start to the first answered observe (median of {args.starts})",
+        f"{medians['relay'] * 1000:.0f} ms = {versus_deps:.2f} × trivial with deps"
+        f" ({medians['trivial with deps'] * 1000:.0f} ms); {versus_bare:.2f} × bare trivial"
+        f" ({medians['bare trivial'] * 1000:.0f} ms)",
+        "≤ 1.1 × trivial with deps",
+        versus_deps <= 1.1,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=0.1, help="upstream seconds per call (0.1)")
+    parser.add_argument("--observables", type=int, default=50, help="observables in cases A-C (50)")
+    parser.add_argument("--clients", type=int, default=8, help="client threads in case D (8)")
+    parser.add_argument("--pairs", type=int, default=6, help="relay/trivial run pairs in case D (6)")
+    parser.add_argument("--throughput-seconds", type=float, default=1.0, help="each D run, seconds (1)")
+    parser.add_argument("--starts", type=int, default=9, help="cold starts of each kind in case E (9)")
+    parser.add_argument("--stampede", type=int, default=100, help="concurrent requests in case F (100)")
+    args = parser.parse_args()
+    shutil.rmtree(LOGS, ignore_errors=True)
+    LOGS.mkdir(parents=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake's request log
+
+    fake = FakeThreatscore(latency=args.latency).start()
+    relay_env = {
+        "THREATSCORE_API_URL": fake.url,
+        "RELAY_AUTH": "none",
+        "THREATSCORE_MAX_CONCURRENCY": str(DEFAULT_CONCURRENCY),
+    }
+    functions: list[Function] = []
+    try:
+        relay = Function("relay", ROOT / "main.py", "relay", relay_env)
+        functions.append(relay)
+        sequential = Function(
+            "relay-concurrency-1",
+            ROOT / "main.py",
+            "relay",
+            {**relay_env, "THREATSCORE_MAX_CONCURRENCY": "1"},
+        )
+        functions.append(sequential)
+        trivial = Function("trivial", ROOT / "bench" / "trivial.py", "trivial", {})
+        functions.append(trivial)
+        for function in functions:
+            function.wait_until_serving()
+        # Warm the processes (first request, connections to the fake), not their caches.
+        fake.answer("192.0.2.1", answers.FOUR_ENGINES)
+        for function in functions:
+            post(function.port, observables(["192.0.2.1"]))
+
+        rows = cases_a_b_c(fake, relay, sequential, args)
+        sequential.stop()
+        rows.append(case_d(fake, relay, trivial, args))
+        trivial.stop()
+        rows.append(case_f(fake, relay, args))
+        relay.stop()
+        rows.append(case_e(fake, relay_env, args))
+    finally:
+        for function in functions:
+            function.stop()
+        fake.stop()
+
+    rows.sort(key=lambda row: row.case)
+    table = render(rows, args)
+    print(table)
+    (RESULTS / "latest.md").write_text(table + "\n")
+    return 0 if all(row.passed for row in rows) else 1
+
+
+def render(rows: list[Row], args: argparse.Namespace) -> str:
+    lines = [
+        "| case | what | measured | target | result |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {row.case} | {row.what} | {row.measured} | {row.target} | {_verdict(row.passed)} |"
+            for row in rows
+        ),
+        "",
+        f"Upstream latency {args.latency * 1000:g} ms per call (0 in E); THREATSCORE_MAX_CONCURRENCY"
+        f" {DEFAULT_CONCURRENCY}; functions-framework defaults (gunicorn gthread, 1 worker,"
+        f" {4 * (os.cpu_count() or 1)} threads). Machine: {machine()}.",
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {platform.system()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
