@@ -129,7 +129,8 @@ class RelayApp:
     def _dispatch(self, route: str, request: flask.Request, request_log: RequestLog) -> dict:
         if route == "version":
             return self.handlers.version()
-        caller = self.authenticator.authenticate(request.headers.get("Authorization"), _request_url(request))
+        request_url = _request_url(request) if self.authenticator.needs_request_url else ""
+        caller = self.authenticator.authenticate(request.headers.get("Authorization"), request_url)
         context = RequestContext.start(self.settings, caller.entities_limit, request_log.stats)
         if route == "health":
             return self.handlers.health(context)

@@ -60,6 +60,10 @@ class Caller:
 class Authenticator(ABC):
     """Checks the Authorization header of a request. One per process, thread-safe."""
 
+    # Whether `authenticate` compares the token with the URL the request arrived at;
+    # building that URL costs a little on every request, so the router asks first.
+    needs_request_url = False
+
     def authenticate(self, authorization: str | None, request_url: str) -> Caller:
         """The caller, or `AuthorizationError` (and nothing else) when the call is not authorized."""
         try:
@@ -149,6 +153,7 @@ class JwksAuthenticator(Authenticator):
             refetch_interval=settings.jwks_refetch_interval,
             clock=clock,
         )
+        self.needs_request_url = not self._audiences
         self._audience_warning_lock = threading.Lock()
         self._audience_warning_logged = False
 

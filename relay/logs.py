@@ -12,8 +12,11 @@ defence, but that is not a licence to log them.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import queue
 import re
 import sys
 import threading
@@ -21,6 +24,8 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+
+import orjson
 
 # Cloud Logging moves this field of a JSON line into the entry's labels, where
 # the platform's own request log keeps the execution id: both then correlate.
@@ -42,6 +47,9 @@ _JWT = re.compile(r"\beyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*")
 
 def redact(text: str) -> str:
     """`text` with bearer credentials and JWTs blanked out."""
+    lowered = text.lower()
+    if "bearer" not in lowered and "eyj" not in lowered:
+        return text  # the usual line: no regex to run
     return _JWT.sub("[redacted token]", _BEARER.sub(r"\1 [redacted]", text))
 
 
@@ -75,26 +83,95 @@ class CloudLoggingFormatter(logging.Formatter):
         elif record.stack_info:
             entry["stack_trace"] = redact(record.stack_info)
         # default=str: a field that is not JSON (a datetime, an exception) must not lose the line.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate, or a huge integer
+            return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-class StdoutHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stdout` is when the record is emitted.
+class StdoutHandler(logging.Handler):
+    """Formats each record in the caller's thread; one writer thread puts the lines on stdout.
 
-    The framework (LOG_EXECUTION_ID) and test runners swap `sys.stdout`; a
-    handler bound to the stream of start-up time would write past them.
+    Why a writer thread: a write is a system call, and a request thread that
+    makes one gives up the GIL and must wait behind the busy threads to get it
+    back; under load that wait, once per request, cost more than the request
+    itself. Here a request thread only queues its line. The writer writes
+    whatever has queued up in one call, to whatever `sys.stdout` is then (the
+    framework and test runners swap it), and flushes.
+
+    The writer is started lazily in each process: gunicorn forks its worker
+    after the app is built, and a thread does not survive a fork.
     """
 
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        super().__init__()
+        self._start_lock = threading.Lock()
+        self._pid: int | None = None
+        self._lines: queue.SimpleQueue = queue.SimpleQueue()
 
-    @property
-    def stream(self):
-        return sys.stdout
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: the queue is thread-safe, and the lock would make threads queue up.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
 
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass  # always sys.stdout
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._queue().put(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Returns once every line queued before the call is written (or after `timeout`)."""
+        if self._pid != os.getpid():
+            return  # nothing was queued in this process
+        written = threading.Event()
+        self._lines.put(written)
+        written.wait(timeout)
+
+    def _queue(self) -> queue.SimpleQueue:
+        if self._pid != os.getpid():
+            with self._start_lock:
+                if self._pid != os.getpid():
+                    self._lines = queue.SimpleQueue()  # the parent's queue belongs to the parent
+                    threading.Thread(target=self._write_forever, name="log-writer", daemon=True).start()
+                    self._pid = os.getpid()
+        return self._lines
+
+    def _write_forever(self) -> None:
+        lines = self._lines
+        while True:
+            batch = [lines.get()]
+            # A pause lets lines gather: on a busy instance one write carries many of them,
+            # and the writer takes the GIL a few times a second, not once per request.
+            time.sleep(WRITE_INTERVAL)
+            while True:
+                try:
+                    batch.append(lines.get_nowait())
+                except queue.Empty:
+                    break
+            text = "".join(item for item in batch if isinstance(item, str))
+            if text:
+                try:
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+                except Exception:  # noqa: S110 - a closed stdout must not stop the writer
+                    pass
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+
+
+WRITE_INTERVAL = 0.05  # seconds a line may wait to be written with others
+
+_stdout_handler = StdoutHandler()  # one per process: its writer thread is reused
+atexit.register(_stdout_handler.flush, 2.0)  # lines still queued at exit are written
+
+
+def flush_logs(timeout: float = 5.0) -> None:
+    """Waits until every log line so far is on stdout."""
+    _stdout_handler.flush(timeout)
 
 
 def setup_logging(level: str) -> None:
@@ -108,10 +185,11 @@ def setup_logging(level: str) -> None:
     for handler in list(root.handlers):
         if type(handler) is logging.StreamHandler or isinstance(handler, StdoutHandler):
             root.removeHandler(handler)
-    handler = StdoutHandler()
-    handler.setFormatter(CloudLoggingFormatter())
-    root.addHandler(handler)
+    _stdout_handler.setFormatter(CloudLoggingFormatter())
+    root.addHandler(_stdout_handler)
     root.setLevel(level)
+    # Nothing here logs thread or process names: don't collect them for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # urllib3 logs every upstream URL at DEBUG, and an URL holds an observable value (request data).
     logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))
 

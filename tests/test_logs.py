@@ -11,13 +11,19 @@ import threading
 import jwt
 import pytest
 
-from relay.logs import CloudLoggingFormatter, RequestStats, redact, setup_logging
+from relay.logs import CloudLoggingFormatter, RequestStats, flush_logs, redact, setup_logging
 from tests import answers
 
 OBSERVE = "/observe/observables"
 TOKEN = jwt.encode({"sub": "someone", "aud": "x"}, "a-signing-key-nobody-has-" + "k" * 16, algorithm="HS256")
 SECRET = "relay-shared-secret-" + "s" * 24
 MARKER = "private-incident-host.example"  # a value of the request body
+
+
+def logged(capsys):
+    """What was printed so far, log lines included (they are written by a background thread)."""
+    flush_logs()
+    return capsys.readouterr()
 
 
 def log_records(text: str) -> list[dict]:
@@ -41,14 +47,14 @@ def request_lines(records: list[dict]) -> list[dict]:
 def test_each_request_logs_one_line_with_its_facts(threatscore, client, capsys):
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
     threatscore.answer(MARKER, answers.ERROR_500, status=500)
-    capsys.readouterr()
+    logged(capsys)
     response = client.post(
         OBSERVE,
         json=[{"type": "ip", "value": "198.51.100.7"}, {"type": "domain", "value": MARKER}],
         headers={"Function-Execution-Id": "exec-42abc", "Authorization": f"Bearer {TOKEN}"},
     )
     assert response.status_code == 200
-    out, err = capsys.readouterr()
+    out, err = logged(capsys)
     [line] = request_lines(log_records(out))
     assert line["severity"] == "WARNING"  # an upstream failure is the operator's concern
     assert line["execution_id"] == "exec-42abc"
@@ -71,19 +77,19 @@ def test_upstream_calls_and_cache_hits_are_counted_per_request(threatscore, clie
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
     threatscore.answer("198.51.100.8", answers.ERROR_500, status=500)
     sent = [{"type": "ip", "value": "198.51.100.7"}, {"type": "ip", "value": "198.51.100.8"}]
-    capsys.readouterr()
+    logged(capsys)
     client.post(OBSERVE, json=sent)
     client.post(OBSERVE, json=sent)  # the found answer is cached, the error is not
-    first, second = request_lines(log_records(capsys.readouterr().out))
+    first, second = request_lines(log_records(logged(capsys).out))
     assert (first["upstream_calls"], first["cache_hits"]) == (2, 0)
     assert (second["upstream_calls"], second["cache_hits"]) == (1, 1)
 
 
 def test_a_request_without_execution_id_gets_one(threatscore, client, capsys):
-    capsys.readouterr()
+    logged(capsys)
     for _ in range(2):
         client.post(OBSERVE, json=[])
-    ids = [line["execution_id"] for line in request_lines(log_records(capsys.readouterr().out))]
+    ids = [line["execution_id"] for line in request_lines(log_records(logged(capsys).out))]
     assert len(ids) == 2 and all(ids) and ids[0] != ids[1]
 
 
@@ -101,10 +107,10 @@ def test_severity_follows_whose_problem_it_is(
     threatscore, client, capsys, path, method, body, severity, code
 ):
     threatscore.answer("127.0.0.100", answers.ERROR_500, status=500)
-    capsys.readouterr()
+    logged(capsys)
     kwargs = {"data": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
     client.open(path, method=method, **kwargs)
-    [line] = request_lines(log_records(capsys.readouterr().out))
+    [line] = request_lines(log_records(logged(capsys).out))
     assert line["severity"] == severity
     assert [error["code"] for error in line.get("errors", [])] == ([code] if code else [])
 
@@ -116,7 +122,7 @@ def test_an_unexpected_failure_is_logged_as_error_with_its_cause(threatscore, cl
         raise ZeroDivisionError("the cause, in the log only")
 
     monkeypatch.setattr(Handlers, "observe", broken)
-    capsys.readouterr()
+    logged(capsys)
     response = client.post(OBSERVE, json=[{"type": "ip", "value": "198.51.100.7"}])
     assert response.get_json()["errors"][0] == {
         "type": "fatal",
@@ -124,7 +130,7 @@ def test_an_unexpected_failure_is_logged_as_error_with_its_cause(threatscore, cl
         "message": "The relay failed unexpectedly",
     }
     assert b"ZeroDivisionError" not in response.data
-    records = log_records(capsys.readouterr().out)
+    records = log_records(logged(capsys).out)
     [failure] = [record for record in records if record.get("stack_trace")]
     assert failure["severity"] == "ERROR"
     assert failure["error"] == "ZeroDivisionError: the cause, in the log only"
@@ -135,23 +141,23 @@ def test_an_unexpected_failure_is_logged_as_error_with_its_cause(threatscore, cl
 
 def test_log_level_setting(threatscore, make_client, capsys):
     client = make_client(LOG_LEVEL="WARNING")
-    capsys.readouterr()
+    logged(capsys)
     client.post(OBSERVE, json=[])  # INFO: not written
     client.post("/health")  # healthy ("no data"), INFO: not written
     threatscore.answer("127.0.0.100", answers.ERROR_500, status=500)
     client.post("/health")  # health check failed: WARNING
-    lines = request_lines(log_records(capsys.readouterr().out))
+    lines = request_lines(log_records(logged(capsys).out))
     assert [line["severity"] for line in lines] == ["WARNING"]
 
 
 def test_an_authorization_failure_logs_no_token(make_client, capsys):
     client = make_client(RELAY_AUTH="secret", RELAY_SECRET=SECRET)
-    capsys.readouterr()
+    logged(capsys)
     response = client.post(
         OBSERVE, json=[{"type": "domain", "value": MARKER}], headers={"Authorization": f"Bearer {TOKEN}"}
     )
     assert response.get_json()["errors"][0]["code"] == "authorization error"
-    out, err = capsys.readouterr()
+    out, err = logged(capsys)
     [line] = request_lines(log_records(out))
     assert line["errors"][0]["code"] == "authorization error"
     for secret in (TOKEN, TOKEN.split(".")[1], TOKEN.split(".")[2], SECRET, MARKER):
@@ -241,3 +247,22 @@ def test_request_stats_count_across_threads():
 def test_plain_words_about_bearer_tokens_are_kept():
     text = "Authorization failed: wrong scheme (expected Bearer), not a Bearer token"
     assert redact(text) == text
+
+
+def test_lines_from_many_threads_are_all_written_whole(capsys):
+    setup_logging("INFO")
+    logger = logging.getLogger("relay.test-writer")
+    logged(capsys)
+
+    def log_many(thread: int) -> None:
+        for index in range(200):
+            logger.info("line %d of thread %d %s", index, thread, "x" * 300)
+
+    threads = [threading.Thread(target=log_many, args=(thread,)) for thread in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = [r for r in log_records(logged(capsys).out) if r["logger"] == "relay.test-writer"]
+    assert len(records) == 1600
+    assert {r["message"].split(" of ")[1].split(" ")[1] for r in records} == {str(t) for t in range(8)}
