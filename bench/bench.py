@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import answers  # noqa: E402 - after the path is set
 from tests.fake_threatscore import FakeThreatscore  # noqa: E402
+from tests.relay_process import stop_process  # noqa: E402
 
 FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
 RESULTS = ROOT / "bench-results"
@@ -101,13 +102,7 @@ class Function:
 
     def stop(self) -> None:
         """Stops it (once; later calls do nothing)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self._log.close()
 
 

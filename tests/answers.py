@@ -61,6 +61,13 @@ NO_DATA_NESTED_EMPTY = {"scores": [[]], "types": ["Unknown"], "signature": "0e1d
 NO_DATA_NO_SCORES = {"data": "203.0.113.9", "types": ["Unknown"], "signature": "77aa" * 16}
 NO_DATA_BARE_LIST: list = []
 NO_DATA_404 = {"error": {"type": "Client Error", "code": "404", "message": "Observable not found"}}
+# (HTTP status, body) of each form.
+NO_DATA_FORMS = [
+    (200, NO_DATA_NESTED_EMPTY),
+    (200, NO_DATA_NO_SCORES),
+    (200, NO_DATA_BARE_LIST),
+    (404, NO_DATA_404),
+]
 
 ERROR_404_GENERIC = {"error": {"type": "Client Error", "code": "404", "message": "Not Found"}}
 ERROR_500 = {"error": {"type": "Server Error", "code": "500", "message": "Internal Error"}}

@@ -26,6 +26,19 @@ MAIN = ROOT / "main.py"
 __all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
 
 
+class FakeClock:
+    """A monotonic clock that moves only when told: expiry tests without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture(scope="session")
 def _threatscore_server():
     fake = FakeThreatscore().start()

@@ -88,16 +88,21 @@ class RelayProcess:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def __enter__(self) -> RelayProcess:
         return self
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminates a process (a no-op once it has exited); kills it if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -51,15 +51,7 @@ def test_the_function_name_in_front_of_the_path_is_accepted(threatscore, client)
     assert post(client, "/relay/version")["version"]
 
 
-@pytest.mark.parametrize(
-    ("status", "body"),
-    [
-        (200, answers.NO_DATA_NESTED_EMPTY),
-        (200, answers.NO_DATA_NO_SCORES),
-        (200, answers.NO_DATA_BARE_LIST),
-        (404, answers.NO_DATA_404),
-    ],
-)
+@pytest.mark.parametrize(("status", "body"), answers.NO_DATA_FORMS)
 def test_no_data_is_an_empty_answer(threatscore, client, status, body):
     threatscore.answer("203.0.113.9", body, status=status)
     assert post(client, OBSERVE, [{"type": "ip", "value": "203.0.113.9"}]) == {"data": {}}

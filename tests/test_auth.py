@@ -27,24 +27,13 @@ from relay.auth import Caller, JwksAuthenticator, build_authenticator
 from relay.config import ConfigError, Settings
 from relay.errors import AuthorizationError
 from relay.token import main as token_main
-from tests.conftest import JWKS_PATH, KeyServer, free_port, start_key_server
+from tests.conftest import JWKS_PATH, FakeClock, KeyServer, free_port, start_key_server
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIENCE = "https://relay.example/relay"
 REQUEST_URL = "https://relay.example/relay/observe/observables"
 SECRET = "correct-horse-battery-staple-0123456789"
 OTHER_SECRET = "another-secret-that-is-long-enough-0123"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # --- settings and tokens --------------------------------------------------

@@ -27,7 +27,7 @@ from relay.cache import (
     make_redis_client,
 )
 from relay.config import ConfigError, Settings
-from tests.conftest import RedisServer, free_port
+from tests.conftest import FakeClock, RedisServer, free_port
 
 # A deadlock must fail the run, not hang it.
 pytestmark = pytest.mark.timeout(60)
@@ -40,17 +40,6 @@ FOUND = {
 PASSWORD = "s3cret"
 # What a dead Redis may cost one lookup, at most.
 QUICK = 2.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def redis_cache(server: RedisServer, ttl: float = 3600, negative_ttl: float = 600, **kwargs) -> RedisCache:

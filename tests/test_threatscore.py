@@ -61,15 +61,7 @@ def test_found_answer(threatscore, ts_client):
     assert threatscore.user_agents[0].startswith("threatscore-xdr-relay/")
 
 
-@pytest.mark.parametrize(
-    ("status", "body"),
-    [
-        (200, answers.NO_DATA_NESTED_EMPTY),
-        (200, answers.NO_DATA_NO_SCORES),
-        (200, answers.NO_DATA_BARE_LIST),
-        (404, answers.NO_DATA_404),
-    ],
-)
+@pytest.mark.parametrize(("status", "body"), answers.NO_DATA_FORMS)
 def test_every_no_data_form(threatscore, ts_client, status, body):
     threatscore.answer("203.0.113.9", body, status=status)
     assert ts_client.score("203.0.113.9") is None
