@@ -108,6 +108,7 @@ class StdoutHandler(logging.Handler):
         self._start_lock = threading.Lock()
         self._pid: int | None = None
         self._lines: queue.SimpleQueue = queue.SimpleQueue()
+        self._flush_requested = threading.Event()
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: the queue is thread-safe, and the lock would make threads queue up.
@@ -128,6 +129,7 @@ class StdoutHandler(logging.Handler):
             return  # nothing was queued in this process
         written = threading.Event()
         self._lines.put(written)
+        self._flush_requested.set()
         written.wait(timeout)
 
     def _queue(self) -> queue.SimpleQueue:
@@ -145,7 +147,9 @@ class StdoutHandler(logging.Handler):
             batch = [lines.get()]
             # A pause lets lines gather: on a busy instance one write carries many of them,
             # and the writer takes the GIL a few times a second, not once per request.
-            time.sleep(WRITE_INTERVAL)
+            # A flush cuts it short.
+            if self._flush_requested.wait(WRITE_INTERVAL):
+                self._flush_requested.clear()
             while True:
                 try:
                     batch.append(lines.get_nowait())

@@ -19,11 +19,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 
+from relay.logs import flush_logs
 from tests.fake_threatscore import FakeThreatscore
 from tests.relay_process import ROOT, VENV_BIN, RelayProcess, free_port
 
 MAIN = ROOT / "main.py"
 __all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
+
+
+@pytest.fixture(autouse=True)
+def _log_lines_written_within_the_test():
+    """Log lines are written by a background thread: let them land in the test's own capture."""
+    yield
+    flush_logs()
 
 
 class FakeClock:
