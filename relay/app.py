@@ -131,7 +131,9 @@ class RelayApp:
             return self.handlers.version()
         request_url = _request_url(request) if self.authenticator.needs_request_url else ""
         caller = self.authenticator.authenticate(request.headers.get("Authorization"), request_url)
-        context = RequestContext.start(self.settings, caller.entities_limit, request_log.stats)
+        context = RequestContext.start(
+            self.settings, caller.entities_limit, request_log.stats, arrived_at=request_log.started
+        )
         if route == "health":
             return self.handlers.health(context)
         observables = parse_observables(

@@ -250,10 +250,21 @@ class JwksKeyCache:
             just_fetched = state.completed != completed_before
             keys = state.keys
             if keys is None or self._clock() - state.fetched_at >= self._ttl:
-                if just_fetched and state.failure is not None:
-                    raise AuthorizationError(state.failure)
-                keys = self._refresh(host, state)
-                just_fetched = True
+                if state.failure is not None and (just_fetched or not self._may_refetch(state)):
+                    # The key server just failed: not asked again before the refetch
+                    # interval, whatever the tokens say (a flood must not become fetches).
+                    if keys is None:
+                        raise AuthorizationError(state.failure)
+                else:
+                    try:
+                        keys = self._refresh(host, state)
+                        just_fetched = True
+                    except AuthorizationError:
+                        if keys is None:
+                            raise
+                        # Expired keys keep serving while their server fails: an outage of
+                        # the key server must not become an outage of the relay.
+                        just_fetched = True
             key = keys.get(kid)
             if key is None and not just_fetched and self._may_refetch(state):
                 # Keys rotate: an unknown kid may be a new key.

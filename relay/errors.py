@@ -66,6 +66,12 @@ class UpstreamTLSError(RelayError):
     code = "tls error"
 
 
+class UpstreamReportedError(RelayError):
+    """Threatscore said, in a 200 answer, that the lookup failed."""
+
+    code = "unknown"
+
+
 class UpstreamFormatError(RelayError):
     code = "key error"
 

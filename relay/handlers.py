@@ -34,11 +34,17 @@ class RequestContext:
 
     @classmethod
     def start(
-        cls, settings: Settings, entities_limit: int | None = None, stats: RequestStats | None = None
+        cls,
+        settings: Settings,
+        entities_limit: int | None = None,
+        stats: RequestStats | None = None,
+        arrived_at: float | None = None,
     ) -> RequestContext:
+        """`arrived_at` (`time.monotonic()`): when the request arrived; the deadline counts from it,
+        so that authenticating (perhaps fetching keys) comes out of the same budget."""
         return cls(
             entities_limit=entities_limit or settings.ctr_entities_limit,
-            deadline=time.monotonic() + settings.relay_deadline,
+            deadline=(time.monotonic() if arrived_at is None else arrived_at) + settings.relay_deadline,
             now=datetime.now(UTC),
             stats=stats or RequestStats(),
         )

@@ -255,7 +255,7 @@ class RequestLog:
         self.stats = RequestStats()
         self.observables = 0  # the distinct supported observables looked up
         self._clock = clock
-        self._started = clock()
+        self.started = clock()
 
     def count_error(self, error) -> None:
         """A request-level `RelayError` (a per-observable one goes to `stats` directly)."""
@@ -265,7 +265,7 @@ class RequestLog:
         return {"execution_id": self.execution_id, "method": self.method, "path": self.path}
 
     def finish(self, status: int) -> None:
-        duration_ms = round((self._clock() - self._started) * 1000, 1)
+        duration_ms = round((self._clock() - self.started) * 1000, 1)
         errors = self.stats.errors()
         fields = {
             **self.fields(),

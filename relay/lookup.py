@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from relay.cache import AnswerCache, SingleFlight
 from relay.errors import DeadlineExceededError, InternalError, RelayError
 from relay.logs import RequestStats
 from relay.observables import Observable
-from relay.threatscore import ScoreSource
+from relay.threatscore import MIN_ATTEMPT_SECONDS, ScoreSource
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +57,24 @@ class Lookup:
             if key in outcomes or key in misses:
                 continue
             # In the request's own thread: an all-cached request starts no thread at all.
-            hit = self._cache.get(key)
+            # Past the deadline (a slow shared cache), the rest only collect their timeouts.
+            hit = self._cache.get(key) if time.monotonic() < deadline else None
             if hit is not None:
                 stats.count_cache_hit()
                 outcomes[key] = Outcome(answer=hit.answer)
             else:
                 misses[key] = observable
         if misses:
-            outcomes.update(self._fetch_all(list(misses.values()), deadline, stats))
+            outcomes.update(self._fetch_all(list(misses.values()), deadline, stats, self._shared_lookup))
         return outcomes
 
     def probe(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
-        """A real upstream call whatever the cache holds (the health check); a good answer
-        refreshes the cache that observe and deliberate read."""
+        """A real upstream call whatever the cache holds (the health check), answered by the
+        deadline like any lookup; a good answer refreshes the cache that observe and
+        deliberate read."""
+        return self._fetch_all([observable], deadline, stats, self._probed)[observable.cache_key]
+
+    def _probed(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
         stats.count_upstream_call()
         outcome = _fetched(self._source, observable, deadline)
         if outcome.error is None:
@@ -76,7 +82,11 @@ class Lookup:
         return outcome
 
     def _fetch_all(
-        self, observables: list[Observable], deadline: float, stats: RequestStats
+        self,
+        observables: list[Observable],
+        deadline: float,
+        stats: RequestStats,
+        fetch: Callable[[Observable, float, RequestStats], Outcome],
     ) -> dict[str, Outcome]:
         # A pool per request, not per process: a request's hung lookups then occupy only its
         # own threads (never another request's), the concurrency bound is per request as
@@ -87,8 +97,7 @@ class Lookup:
         )
         try:
             futures = {
-                executor.submit(self._shared_lookup, observable, deadline, stats): observable
-                for observable in observables
+                executor.submit(fetch, observable, deadline, stats): observable for observable in observables
             }
             done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             outcomes = {}
@@ -110,9 +119,19 @@ class Lookup:
 
         Only the request whose flight it is counts the call (or the late hit) in its stats.
         """
-        return self._flight.do(
+        outcome = self._flight.do(
             observable.cache_key, lambda: self._cached_or_fetched(observable, deadline, stats)
         )
+        if (
+            isinstance(outcome.error, DeadlineExceededError)
+            and time.monotonic() < deadline - MIN_ATTEMPT_SECONDS
+        ):
+            # The flight it joined belonged to a request with less time left: this request
+            # still has time of its own, so it asks again (leading a flight of its own).
+            outcome = self._flight.do(
+                observable.cache_key, lambda: self._cached_or_fetched(observable, deadline, stats)
+            )
+        return outcome
 
     def _cached_or_fetched(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
         # Asked again: a flight for this key may have finished since the request's first look.

@@ -14,7 +14,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from relay.errors import InvalidArgumentError, UpstreamFormatError
+from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError
 from relay.observables import SUPPORTED_TYPES, Observable, canonical_value
 
 # --- The caller's observables -------------------------------------------------
@@ -55,7 +55,9 @@ def parse_observables(body: bytes, max_observables: int, max_value_length: int) 
         raise InvalidArgumentError(f"Invalid observables: {_describe(exc.messages)}") from None
 
     observables: list[Observable] = []
-    seen: set[str] = set()
+    # Exact repeats collapse; other spellings of one observable stay, each echoed back in its own
+    # entities (the lookup itself is shared through `Observable.cache_key`).
+    seen: set[tuple[str, str]] = set()
     for index, item in enumerate(items):
         if len(item["value"]) > max_value_length:
             raise InvalidArgumentError(
@@ -68,9 +70,9 @@ def parse_observables(body: bytes, max_observables: int, max_value_length: int) 
         if lookup_value is None:
             continue
         observable = Observable(observable_type, item["value"], lookup_value)
-        if observable.cache_key in seen:
+        if (observable.type, observable.value) in seen:
             continue
-        seen.add(observable.cache_key)
+        seen.add((observable.type, observable.value))
         observables.append(observable)
     return observables
 
@@ -165,10 +167,18 @@ _SCORE_ENTRIES = ScoreEntrySchema(many=True)
 # Keys a Threatscore answer carries besides `scores` (metadata we ignore).
 # An answer without `scores` but with other keys has changed structure.
 KNOWN_METADATA_KEYS = frozenset(
-    {"data", "types", "signature", "version", "geo", "firstSeen", "lastSeen", "sources", "error"}
+    {"data", "types", "signature", "version", "geo", "firstSeen", "lastSeen", "sources"}
 )
 
 UNEXPECTED_FORMAT = "Threatscore answered in an unexpected format"
+
+
+def _upstream_error_message(body: dict) -> str:
+    error = body.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str) or not message.strip():
+        return "no message"
+    return message.strip()[:200]
 
 
 def parse_score_answer(body: Any) -> dict | None:
@@ -184,6 +194,9 @@ def parse_score_answer(body: Any) -> dict | None:
     if not isinstance(body, dict):
         raise UpstreamFormatError(f"{UNEXPECTED_FORMAT} (JSON {_json_type(body)} instead of an object)")
     if "scores" not in body:
+        if "error" in body:  # an error reported with HTTP 200 is still an error, not "no data"
+            message = _upstream_error_message(body)
+            raise UpstreamReportedError(f"Threatscore answered with an error: {message}")
         unknown = sorted(set(body) - KNOWN_METADATA_KEYS)
         if unknown:
             raise UpstreamFormatError(

@@ -9,6 +9,7 @@ A lookup retries what is worth retrying (a failed connection, 502/503/504,
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import time
@@ -252,6 +253,8 @@ class ThreatscoreClient:
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             raise _too_large(self._max_body_bytes)
         give_up_at = time.monotonic() + read_timeout
+        if deadline is not None:
+            give_up_at = min(give_up_at, deadline)
         chunks, size = [], 0
         for chunk in _arriving_chunks(response.raw):
             size += len(chunk)
@@ -324,13 +327,29 @@ def _too_large(cap: int) -> UpstreamFormatError:
 
 
 def _connection_problem(exc: requests.exceptions.ConnectionError) -> str:
-    text = str(exc).lower()
-    if "refused" in text:
-        return "Threatscore refused the connection"
-    if "reset" in text or "aborted" in text or "remotedisconnected" in text:
-        return "the connection to Threatscore was reset"
-    if "name or service not known" in text or "resolve" in text or "nodename" in text:
+    """The failure in words, from the exceptions' types (their texts quote the URL, and so
+    the observable, which must not change what the relay says)."""
+    causes = _causes(exc)
+    if any(isinstance(cause, urllib3.exceptions.NameResolutionError) for cause in causes):
         return "Threatscore's host name could not be resolved"
-    if "timed out" in text:
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return "Threatscore refused the connection"
+    broken = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected)
+    if any(isinstance(cause, broken) for cause in causes):
+        return "the connection to Threatscore was reset"
+    if any(isinstance(cause, TimeoutError | urllib3.exceptions.TimeoutError) for cause in causes):
         return "Threatscore did not answer in time"
     return "Threatscore could not be reached"
+
+
+def _causes(exc: BaseException, limit: int = 20) -> list[BaseException]:
+    """`exc` and what it wraps: its cause, context, urllib3's `reason` and exceptions in its args."""
+    found: list[BaseException] = []
+    pending: list[object] = [exc]
+    while pending and len(found) < limit:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None), *item.args))
+    return found

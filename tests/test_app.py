@@ -114,7 +114,7 @@ def test_output_follows_input_order_and_echoes_the_callers_values(threatscore, c
     ]
 
 
-def test_equivalent_spellings_are_one_lookup(threatscore, client):
+def test_equivalent_spellings_are_one_lookup_each_echoed(threatscore, client):
     threatscore.answer("2001:db8::1", answers.FOUR_ENGINES)
     body = post(
         client,
@@ -124,8 +124,13 @@ def test_equivalent_spellings_are_one_lookup(threatscore, client):
             {"type": "ipv6", "value": "2001:0db8:0000:0000:0000:0000:0000:0001"},
         ],
     )
-    assert body["data"]["verdicts"]["count"] == 1
+    # One lookup; each spelling sent gets its own entities, with its own judgement ids.
     assert threatscore.raw_paths == ["/api/score/2001%3Adb8%3A%3A1"]
+    assert [v["observable"]["value"] for v in body["data"]["verdicts"]["docs"]] == [
+        "2001:DB8::1",
+        "2001:0db8:0000:0000:0000:0000:0000:0001",
+    ]
+    assert body["data"]["judgements"]["count"] == 10
 
 
 def test_entities_limit_setting(threatscore, make_client):

@@ -497,14 +497,44 @@ def test_keys_published_for_another_algorithm_are_not_used(key_server, keys):
 
 def test_key_server_error_status_is_reported_and_recovered_from(key_server, keys):
     key_server.answer('{"error": "down"}', status=503)
-    authenticator = build_authenticator(jwks_settings(key_server))
+    clock = FakeClock()
+    authenticator = JwksAuthenticator(jwks_settings(key_server, jwks_refetch_interval=30), clock=clock)
     authorization = f"Bearer {keys['a'].sign(xdr_claims(key_server.host))}"
 
     assert refusal(authenticator, authorization) == "key server answered HTTP 503"
-
     key_server.reset()
     key_server.publish(keys["a"])
+    # Within the refetch interval the failed server is not asked again, by any token.
+    for kid in ("kid-a", "made-up-1", "made-up-2"):
+        token = keys["a"].sign(xdr_claims(key_server.host), kid=kid)
+        assert refusal(authenticator, f"Bearer {token}") == "key server answered HTTP 503"
+    assert key_server.fetches() == 0
+
+    clock.advance(30)
     assert authenticator.authenticate(authorization, REQUEST_URL)
+    assert key_server.fetches() == 1
+
+
+def test_a_failing_key_server_is_not_flooded_and_expired_keys_keep_serving(key_server, keys):
+    key_server.publish(keys["a"])
+    clock = FakeClock()
+    settings = jwks_settings(key_server, jwks_cache_ttl=60, jwks_refetch_interval=30)
+    authenticator = JwksAuthenticator(settings, clock=clock)
+    authorization = f"Bearer {keys['a'].sign(xdr_claims(key_server.host))}"
+    assert authenticator.authenticate(authorization, REQUEST_URL)
+
+    key_server.reset()
+    key_server.answer("<html>down</html>", status=500)
+    clock.advance(61)  # the key set expired, and its server now fails
+    for index in range(20):  # the real token and a flood of made-up kids
+        assert authenticator.authenticate(authorization, REQUEST_URL)
+        token = keys["a"].sign(xdr_claims(key_server.host), kid=f"bogus-{index}")
+        assert refusal(authenticator, f"Bearer {token}") == "unknown key id"
+    assert key_server.fetches() == 1  # one refresh attempt within the interval
+
+    clock.advance(30)
+    authenticator.authenticate(authorization, REQUEST_URL)
+    assert key_server.fetches() == 2
 
 
 def test_slow_key_server_times_out(keys):

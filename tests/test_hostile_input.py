@@ -281,15 +281,15 @@ LOOKED_UP_AS = {"ipv6": "2001:db8::1", "ipv4-mapped": "198.51.100.7", "domain": 
 
 
 @pytest.mark.parametrize("group", EQUIVALENT_SPELLINGS)
-def test_equivalent_spellings_are_one_lookup_and_echo_the_callers_spelling(threatscore, client, group):
+def test_equivalent_spellings_are_one_lookup_and_each_echoes_the_callers_spelling(threatscore, client, group):
     looked_up = LOOKED_UP_AS[group]
     threatscore.answer(looked_up, answers.FOUR_ENGINES)
     spellings = EQUIVALENT_SPELLINGS[group]
     answer = call(client, [{"type": t, "value": v} for t, v in spellings], path="/deliberate/observables")
     assert threatscore.raw_paths == [SCORE_PREFIX + quote(looked_up, safe="")]
-    first_type, first_value = spellings[0]
+    # Each spelling the caller sent gets its own verdict, echoing it exactly.
     assert [verdict["observable"] for verdict in answer["data"]["verdicts"]["docs"]] == [
-        {"type": first_type.lower(), "value": first_value}
+        {"type": t.lower(), "value": v} for t, v in spellings
     ]
 
 

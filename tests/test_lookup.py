@@ -325,3 +325,45 @@ def test_redis_dying_between_requests_costs_no_request(threatscore, make_client,
     body = post(client, OBSERVE, sent)
     assert observables_in(body) == sent
     assert threatscore.calls_for("198.51.100.7") == 2
+
+
+# --- deadlines are each request's own -------------------------------------------------------------
+
+
+def test_a_request_joining_a_shorter_deadlined_lookup_still_gets_its_answer(threatscore, make_lookup):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES, delay=1.5)
+    lookup = make_lookup()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        hurried = pool.submit(lookup.look_up, [ip("198.51.100.7")], time.monotonic() + 1, RequestStats())
+        time.sleep(0.1)  # joins the hurried request's upstream call
+        patient = pool.submit(lookup.look_up, [ip("198.51.100.7")], time.monotonic() + 20, RequestStats())
+        assert hurried.result()["ip:198.51.100.7"].error.code == "timeout"
+        outcome = patient.result()["ip:198.51.100.7"]
+    assert outcome.error is None and outcome.answer is not None
+
+
+class SlowCache(NoCache):
+    """A shared cache that takes its time to answer (a struggling Redis)."""
+
+    def get(self, key):
+        time.sleep(0.02)
+        return None
+
+
+def test_a_slow_cache_does_not_carry_a_request_past_its_deadline(threatscore, make_lookup):
+    observables = [ip(f"198.51.{index // 250}.{index % 250}") for index in range(200)]
+    outcomes, elapsed = timed(
+        lambda: make_lookup(cache=SlowCache()).look_up(observables, time.monotonic() + 0.5, RequestStats())
+    )
+    assert elapsed < 1.5  # 200 cache reads one after another would take 4 s
+    assert len(outcomes) == 200
+    assert any(outcome.error and outcome.error.code == "timeout" for outcome in outcomes.values())
+
+
+def test_health_answers_by_the_deadline_even_when_the_probe_trickles(threatscore, make_client):
+    client = make_client(RELAY_DEADLINE="1", THREATSCORE_TIMEOUT="1.5")
+    threatscore.answer("127.0.0.100", answers.FOUR_ENGINES, fault="trickle", trickle_every=0.2)
+    body, elapsed = timed(lambda: post(client, "/health"))
+    assert body["errors"][0]["code"] == "health check failed"
+    assert "deadline" in body["errors"][0]["message"]
+    assert elapsed < 1.6

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from relay.errors import InvalidArgumentError, UpstreamFormatError
+from relay.errors import InvalidArgumentError, RelayError, UpstreamFormatError
 from relay.observables import Observable
 from relay.schemas import parse_observables, parse_score_answer
 from tests import answers
@@ -29,7 +29,7 @@ def test_supported_types_are_kept_in_order_with_the_callers_value():
     ]
 
 
-def test_duplicates_and_equivalent_spellings_collapse_to_the_first():
+def test_repeats_collapse_and_other_spellings_share_one_lookup_key():
     observables = parse(
         [
             {"type": "ip", "value": "1.1.1.1"},
@@ -40,7 +40,20 @@ def test_duplicates_and_equivalent_spellings_collapse_to_the_first():
             {"type": "ipv6", "value": "2001:0db8:0:0:0:0:0:1"},
         ]
     )
-    assert [o.value for o in observables] == ["1.1.1.1", "example.com", "2001:db8::1"]
+    assert [o.value for o in observables] == [
+        "1.1.1.1",
+        "example.com",
+        "EXAMPLE.com.",
+        "2001:db8::1",
+        "2001:0db8:0:0:0:0:0:1",
+    ]
+    assert [o.cache_key for o in observables] == [
+        "ip:1.1.1.1",
+        "domain:example.com",
+        "domain:example.com",
+        "ipv6:2001:db8::1",
+        "ipv6:2001:db8::1",
+    ]
 
 
 def test_invalid_values_are_dropped_silently():
@@ -146,3 +159,18 @@ def test_unexpected_structures_are_key_errors(body, detail):
     assert raised.value.code == "key error"
     assert raised.value.message.startswith("Threatscore answered in an unexpected format")
     assert detail in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"error": {"type": "Server Error", "code": "500", "message": "Internal Error"}}, "Internal Error"),
+        ({"error": "quota exceeded"}, "quota exceeded"),
+        ({"error": {}}, "no message"),
+    ],
+)
+def test_an_error_in_a_200_answer_is_an_error_not_no_data(body, message):
+    with pytest.raises(RelayError) as raised:
+        parse_score_answer(body)
+    assert raised.value.code == "unknown"
+    assert raised.value.message == f"Threatscore answered with an error: {message}"

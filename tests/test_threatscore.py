@@ -333,3 +333,11 @@ def test_an_attempt_is_cut_short_at_the_deadline(threatscore, make_threatscore_c
     assert error.code == "timeout" and "deadline" in error.message
     assert time.monotonic() - started < 1.5
     assert threatscore.calls_for(VALUE) == 1
+
+
+@pytest.mark.parametrize("value", ["reset.example", "no-such-host.example", "198.51.100.7"])
+def test_the_value_looked_up_never_changes_how_a_failure_is_described(make_threatscore_client, value):
+    client = make_threatscore_client(
+        threatscore_api_url=f"http://127.0.0.1:{free_port()}", threatscore_retries=0
+    )
+    assert error_of(client, value).message == "Threatscore refused the connection"
