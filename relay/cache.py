@@ -152,7 +152,8 @@ class RedisCache:
         hit = _decode(raw)
         if hit is None:
             # Not something this version wrote; the next put replaces it.
-            logger.warning("Ignoring an undecodable Redis cache entry for %r", key)
+            # The key names an observable (request data): it is not logged.
+            logger.warning("Ignoring an undecodable Redis cache entry")
         return hit
 
     def put(self, key: str, answer: dict | None) -> None:
@@ -165,7 +166,7 @@ class RedisCache:
         try:
             value = json.dumps(answer, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
-            logger.warning("Not caching the answer for %r: not JSON-serialisable (%s)", key, exc)
+            logger.warning("Not caching an answer: not JSON-serialisable (%s)", type(exc).__name__)
             return
         try:
             # PX (milliseconds) so that a fractional TTL such as 0.5 s is honoured.
