@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import answers  # noqa: E402 - after the path is set
 from tests.fake_threatscore import FakeThreatscore  # noqa: E402
-from tests.relay_process import stop_process  # noqa: E402
+from tests.relay_process import stop_process, without_relay_settings  # noqa: E402
 
 FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
 RESULTS = ROOT / "bench-results"
@@ -80,7 +80,7 @@ class Function:
                 f"--port={self.port}",
             ],
             cwd=ROOT,
-            env={**os.environ, **env},
+            env={**without_relay_settings(os.environ), **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -17,7 +17,7 @@ from relay.errors import HealthCheckError, RelayError, envelope
 from relay.logs import RequestStats
 from relay.lookup import Lookup
 from relay.mapper import MappingOptions, map_answer, search_url
-from relay.observables import SUPPORTED_TYPES, Observable
+from relay.observables import SUPPORTED_TYPES, Observable, canonical_value
 from relay.version import VERSION
 
 REFER_MODULE = "threatscore"
@@ -54,6 +54,7 @@ class Handlers:
     def __init__(self, settings: Settings, lookup: Lookup):
         self._settings = settings
         self._lookup = lookup
+        self._health_probe = health_probe(settings.health_observable)
 
     def observe(self, observables: list[Observable], context: RequestContext) -> dict:
         return self._enrich(observables, context, with_judgements=True)
@@ -67,8 +68,7 @@ class Handlers:
     def health(self, context: RequestContext) -> dict:
         """A real probe of Threatscore, never answered from the cache: "no data" is healthy,
         any failure says what failed."""
-        probe = self._settings.health_observable
-        error = self._lookup.probe(Observable("ip", probe, probe), context.deadline, context.stats).error
+        error = self._lookup.probe(self._health_probe, context.deadline, context.stats).error
         if error is not None:
             failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
             context.stats.count_error(failure.code, failure.message)
@@ -116,3 +116,13 @@ class Handlers:
             "url": search_url(self._settings.threatscore_ui_url, observable.lookup_value),
             "categories": ["Threatscore", "Search"],
         }
+
+
+def health_probe(value: str) -> Observable:
+    """`HEALTH_OBSERVABLE` as an observable of the type it is, so that its cache entry is the
+    one a lookup of it would use."""
+    for observable_type in SUPPORTED_TYPES:
+        lookup_value = canonical_value(observable_type, value)
+        if lookup_value is not None:
+            return Observable(observable_type, value, lookup_value)
+    return Observable("ip", value, value)  # not a valid observable: asked as configured

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import os
 import shutil
 import subprocess
 import time
@@ -21,10 +26,18 @@ from pytest_httpserver import HTTPServer
 
 from relay.logs import flush_logs
 from tests.fake_threatscore import FakeThreatscore
-from tests.relay_process import ROOT, VENV_BIN, RelayProcess, free_port
+from tests.relay_process import RELAY_SETTING_PREFIXES, ROOT, VENV_BIN, RelayProcess, free_port
 
 MAIN = ROOT / "main.py"
 __all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_settings_from_the_shell(monkeypatch):
+    """A developer's exported CACHE_TTL (or any relay setting) must not change what a test sees."""
+    for name in list(os.environ):
+        if name.startswith(RELAY_SETTING_PREFIXES):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)
@@ -285,3 +298,21 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 @pytest.fixture
 def redis_server(start_redis: Callable[..., RedisServer]) -> RedisServer:
     return start_redis()
+
+
+# Forged tokens: what PyJWT (rightly) refuses to make.
+
+
+def token_segment(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def unsigned_token(claims: dict[str, Any], kid: str) -> str:
+    return f"{token_segment({'alg': 'none', 'typ': 'JWT', 'kid': kid})}.{token_segment(claims)}."
+
+
+def hs256_token(claims: dict[str, Any], secret: bytes, kid: str) -> str:
+    # Hand-made: PyJWT (rightly) refuses to use a PEM key as an HMAC secret.
+    signing_input = f"{token_segment({'alg': 'HS256', 'typ': 'JWT', 'kid': kid})}.{token_segment(claims)}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"

@@ -56,7 +56,7 @@ class RelayProcess:
                     f"--port={self.port}",
                 ],
                 cwd=ROOT,
-                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                env={**without_relay_settings(os.environ), **env, "PYTHONUNBUFFERED": "1"},
                 stdout=stdout,
                 stderr=stderr,
             )
@@ -106,3 +106,21 @@ def stop_process(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+# The relay's settings are environment variables with these prefixes (relay/config.py).
+RELAY_SETTING_PREFIXES = (
+    "RELAY_",
+    "THREATSCORE_",
+    "CTR_",
+    "CTIM_",
+    "CACHE_",
+    "REDIS_",
+    "HEALTH_",
+    "LOG_LEVEL",
+)
+
+
+def without_relay_settings(environ) -> dict[str, str]:
+    """`environ` less the relay's settings: a test or a benchmark sets its own, and only those."""
+    return {name: value for name, value in environ.items() if not name.startswith(RELAY_SETTING_PREFIXES)}

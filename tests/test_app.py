@@ -282,3 +282,15 @@ def test_an_answer_orjson_refuses_is_still_json():
 
     response = _json_response({"errors": [{"message": "lone surrogate \ud800 in a value"}]})
     assert response.get_json() == {"errors": [{"message": "lone surrogate \ud800 in a value"}]}
+
+
+@pytest.mark.parametrize(
+    ("setting", "looked_up"),
+    [("Example.COM.", "/api/score/example.com"), ("2001:DB8::1", "/api/score/2001%3Adb8%3A%3A1")],
+)
+def test_a_domain_or_ipv6_health_observable_is_looked_up_in_its_canonical_form(
+    threatscore, make_client, setting, looked_up
+):
+    client = make_client(HEALTH_OBSERVABLE=setting)
+    assert post(client, "/health") == {"data": {"status": "ok"}}
+    assert threatscore.raw_paths == [looked_up]

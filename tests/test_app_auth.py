@@ -3,14 +3,16 @@ reaches Threatscore, and each request gets its own entities limit."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
+from werkzeug import Response
 
 from tests import answers
-from tests.conftest import JWKS_PATH
+from tests.conftest import JWKS_PATH, hs256_token, unsigned_token
 from tests.ctim import check_answer
 
 AUDIENCE = "https://europe-west1-project.cloudfunctions.net/relay"
@@ -75,6 +77,9 @@ def test_scheme_is_case_insensitive(jwks_client, key_server, keys):
         ),
         (lambda ks, k: "Bearer " + k["a"].sign(claims(ks, jwks_host="evil.example")), "key host not allowed"),
         (lambda ks, k: "Bearer " + k["attacker"].sign(claims(ks), kid="kid-a"), "bad signature"),
+        (lambda ks, k: "Bearer " + unsigned_token(claims(ks), kid="kid-a"), "algorithm"),
+        (lambda ks, k: "Bearer " + k["a"].sign(claims(ks), kid=None), "token has no kid"),
+        (lambda ks, k: "Bearer " + hs256_token(claims(ks), k["a"].public_pem(), kid="kid-a"), "algorithm"),
         (
             lambda ks, k: (
                 "Bearer " + jwt.encode(claims(ks), "x" * 32, algorithm="HS256", headers={"kid": "kid-a"})
@@ -177,3 +182,72 @@ def test_nothing_secret_is_logged(jwks_client, key_server, keys, caplog):
         observe(jwks_client, f"Bearer {token}")
     assert "wrong audience" in caplog.text
     assert token not in caplog.text and token.split(".")[2] not in caplog.text
+
+
+def test_a_rotated_key_passes_after_one_refetch_end_to_end(
+    make_client, jwks_env, key_server, keys, threatscore
+):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    client = make_client(**jwks_env, RELAY_JWKS_REFETCH_INTERVAL="0.2")
+    assert "data" in observe(client, f"Bearer {keys['a'].sign(claims(key_server))}")
+    key_server.reset()
+    key_server.publish(keys["a"], keys["b"])  # XDR rotates in key b, later on
+    time.sleep(0.25)
+    assert "data" in observe(client, f"Bearer {keys['b'].sign(claims(key_server))}")
+    assert key_server.fetches() == 1  # since the reset: exactly one refetch
+
+
+def test_an_unknown_kid_flood_is_not_a_fetch_flood_end_to_end(jwks_client, key_server, keys, threatscore):
+    assert "data" in observe(jwks_client, f"Bearer {keys['a'].sign(claims(key_server))}")
+    for index in range(30):
+        token = keys["attacker"].sign(claims(key_server), kid=f"made-up-{index}")
+        assert "unknown key id" in observe(jwks_client, f"Bearer {token}")["errors"][0]["message"]
+    assert key_server.fetches() <= 2  # the first fetch, and at most one refetch per interval
+    assert threatscore.calls_for("198.51.100.7") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (503, "down", "key server answered HTTP 503"),
+        (200, "<html>", "key server answered an invalid key set"),
+    ],
+)
+def test_a_failing_key_server_refuses_cleanly_end_to_end(
+    make_client, jwks_env, key_server, keys, threatscore, status, body, reason
+):
+    client = make_client(**jwks_env)
+    key_server.reset()
+    key_server.answer(body, status=status)
+    answer = observe(client, f"Bearer {keys['a'].sign(claims(key_server))}")
+    assert answer["errors"][0]["message"] == f"Authorization failed: {reason}"
+    assert threatscore.total_calls == 0
+
+
+def test_a_key_server_that_is_down_refuses_cleanly_end_to_end(make_client, jwks_env, key_server, keys):
+    from tests.conftest import free_port
+
+    down = f"127.0.0.1:{free_port()}"
+    client = make_client(**{**jwks_env, "RELAY_JWKS_HOSTS": down})
+    answer = observe(client, f"Bearer {keys['a'].sign(claims(key_server, jwks_host=down))}")
+    assert answer["errors"][0]["message"] == "Authorization failed: key server unreachable"
+
+
+def test_the_deadline_counts_from_arrival_including_the_key_fetch(
+    make_client, jwks_env, key_server, keys, threatscore
+):
+    """A slow key server eats into the request's deadline; the answer still comes in time."""
+
+    def slow_keys(request):
+        time.sleep(1.2)
+        return Response(json.dumps({"keys": [keys["a"].jwk()]}), content_type="application/json")
+
+    key_server.reset()
+    key_server.server.expect_request(JWKS_PATH).respond_with_handler(slow_keys)
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES, delay=1.0)
+    client = make_client(**jwks_env, RELAY_DEADLINE="1.5", THREATSCORE_TIMEOUT="3")
+    started = time.monotonic()
+    answer = observe(client, f"Bearer {keys['a'].sign(claims(key_server))}")
+    elapsed = time.monotonic() - started
+    assert answer["errors"][0]["code"] == "timeout" and "deadline" in answer["errors"][0]["message"]
+    assert elapsed < 2.0  # 1.2 s of keys + 1.0 s of Threatscore would be 2.2 s

@@ -4,8 +4,6 @@ key servers on 127.0.0.1, shared-secret tokens, and the token minting CLI."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -27,7 +25,16 @@ from relay.auth import Caller, JwksAuthenticator, build_authenticator
 from relay.config import ConfigError, Settings
 from relay.errors import AuthorizationError
 from relay.token import main as token_main
-from tests.conftest import JWKS_PATH, FakeClock, KeyServer, free_port, start_key_server
+from tests.conftest import (
+    JWKS_PATH,
+    FakeClock,
+    KeyServer,
+    free_port,
+    hs256_token,
+    start_key_server,
+    token_segment,
+    unsigned_token,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIENCE = "https://relay.example/relay"
@@ -59,21 +66,6 @@ def xdr_claims(jwks_host: str, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {"aud": AUDIENCE, "jwks_host": jwks_host, "iat": now, "exp": now + 600, **changes}
     return {name: value for name, value in claims.items() if value is not None}
-
-
-def _segment(data: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def unsigned_token(claims: dict[str, Any], kid: str) -> str:
-    return f"{_segment({'alg': 'none', 'typ': 'JWT', 'kid': kid})}.{_segment(claims)}."
-
-
-def hs256_token(claims: dict[str, Any], secret: bytes, kid: str) -> str:
-    # Hand-made: PyJWT (rightly) refuses to use a PEM key as an HMAC secret.
-    signing_input = f"{_segment({'alg': 'HS256', 'typ': 'JWT', 'kid': kid})}.{_segment(claims)}"
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
 
 def refusal(authenticator, authorization: str | None, request_url: str = REQUEST_URL) -> str:
@@ -418,7 +410,7 @@ def test_tampered_claims_are_refused(key_server, keys):
     key_server.publish(keys["a"])
     authenticator = build_authenticator(jwks_settings(key_server))
     header, _, signature = keys["a"].sign(xdr_claims(key_server.host, CTR_ENTITIES_LIMIT=10)).split(".")
-    tampered = f"{header}.{_segment(xdr_claims(key_server.host, CTR_ENTITIES_LIMIT=100000))}.{signature}"
+    tampered = f"{header}.{token_segment(xdr_claims(key_server.host, CTR_ENTITIES_LIMIT=100000))}.{signature}"
 
     assert refusal(authenticator, f"Bearer {tampered}") == "bad signature"
 
@@ -436,9 +428,9 @@ def test_tampered_claims_are_refused(key_server, keys):
         ("Bearer not-a-jwt", "malformed token"),
         ("Bearer abc.def.ghi", "malformed token"),
         ("Bearer ....", "malformed token"),
-        (f"Bearer {_segment({'alg': 'RS256', 'kid': 'x'})}.bm90IGpzb24.c2ln", "malformed token"),
+        (f"Bearer {token_segment({'alg': 'RS256', 'kid': 'x'})}.bm90IGpzb24.c2ln", "malformed token"),
         (f"Bearer {base64.urlsafe_b64encode(b'[1, 2]').decode().rstrip('=')}.e30.c2ln", "malformed token"),
-        (f"Bearer {_segment({'alg': 'RS256', 'kid': 7})}.e30.c2ln", "malformed token"),
+        (f"Bearer {token_segment({'alg': 'RS256', 'kid': 7})}.e30.c2ln", "malformed token"),
     ],
 )
 def test_unusable_authorization_headers_are_refused(key_server, authorization, reason):
@@ -738,13 +730,8 @@ def test_failures_never_reveal_the_token_or_the_secret(key_server, other_key_ser
 
 
 @pytest.fixture
-def token_env(monkeypatch) -> None:
-    """An environment with nothing but what each test sets."""
-    for name in list(os.environ):
-        if name.startswith(
-            ("RELAY_", "THREATSCORE_", "CTR_", "CTIM_", "CACHE_", "REDIS_", "HEALTH_", "LOG_")
-        ):
-            monkeypatch.delenv(name)
+def token_env() -> None:
+    """An environment with nothing but what each test sets (conftest clears the shell's settings)."""
 
 
 def test_token_cli_mints_a_token_the_relay_accepts(token_env, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from openapi_spec_validator import validate
 
 from relay import errors
 from relay.app import ENDPOINTS
+from relay.version import VERSION
 from tests import answers
 from tests.contract import check_conforms, resolve, schema_validator, spec
 from tests.ctim import check_answer
@@ -17,6 +18,10 @@ from tests.ctim import check_answer
 def test_the_description_is_valid_openapi_3():
     validate(spec())
     assert spec()["openapi"].startswith("3.")
+
+
+def test_the_description_has_the_relays_version():
+    assert str(spec()["info"]["version"]) == VERSION
 
 
 def test_every_endpoint_is_described_and_nothing_else():
