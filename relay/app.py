@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 OBSERVABLE_ENDPOINTS = ("observe/observables", "deliberate/observables", "refer/observables")
 ENDPOINTS = (*OBSERVABLE_ENDPOINTS, "health", "version")
-PUBLIC_ENDPOINTS = ("version",)  # everything else needs a valid token
 
 EXECUTION_ID_HEADER = "Function-Execution-Id"
 
@@ -127,7 +126,7 @@ class RelayApp:
             return _error_response(InternalError("The relay failed unexpectedly"), request_log)
 
     def _dispatch(self, route: str, request: flask.Request, request_log: RequestLog) -> dict:
-        if route == "version":
+        if route == "version":  # the one endpoint that needs no token
             return self.handlers.version()
         request_url = _request_url(request) if self.authenticator.needs_request_url else ""
         caller = self.authenticator.authenticate(request.headers.get("Authorization"), request_url)
