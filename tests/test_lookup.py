@@ -46,8 +46,7 @@ def make_lookup(threatscore):
         settings = replace(
             Settings(),
             threatscore_api_url=threatscore.url,
-            threatscore_connect_timeout=2.0,
-            threatscore_read_timeout=2.0,
+            threatscore_timeout=(2.0, 2.0),
             **changes,
         )
         session = requests.Session()

@@ -32,8 +32,7 @@ def make_threatscore_client(threatscore):
     def build(sleep=time.sleep, **changes) -> ThreatscoreClient:
         defaults = {
             "threatscore_api_url": threatscore.url,
-            "threatscore_connect_timeout": 1.0,
-            "threatscore_read_timeout": 1.0,
+            "threatscore_timeout": (1.0, 1.0),
             "threatscore_retries": 0,  # retries have their own tests below
         }
         settings = replace(Settings(), **{**defaults, **changes})
@@ -163,7 +162,7 @@ def test_tls_failure_with_a_self_signed_certificate():
     fake = FakeThreatscore(ssl_context=server_context).start()
     try:
         fake.answer("198.51.100.7", answers.FOUR_ENGINES)
-        settings = replace(Settings(), threatscore_api_url=fake.url, threatscore_read_timeout=2.0)
+        settings = replace(Settings(), threatscore_api_url=fake.url, threatscore_timeout=(3.0, 2.0))
         error = error_of(ThreatscoreClient(settings, requests.Session()), "198.51.100.7")
         assert error.code == "tls error" and "certificate" in error.message
         assert fake.total_calls == 0
@@ -247,7 +246,7 @@ def test_other_statuses_are_not_retried(threatscore, make_threatscore_client, st
 
 def test_a_read_timeout_is_not_retried(threatscore, make_threatscore_client):
     threatscore.answer(VALUE, answers.FOUR_ENGINES, delay=2)
-    client = make_threatscore_client(threatscore_retries=2, threatscore_read_timeout=0.5)
+    client = make_threatscore_client(threatscore_retries=2, threatscore_timeout=(1.0, 0.5))
     error = error_of(client, VALUE, time.monotonic() + 10)
     assert error.code == "timeout" and "did not answer within 0.5 s" in error.message
     assert threatscore.calls_for(VALUE) == 1
@@ -327,7 +326,7 @@ def test_retries_never_pass_the_deadline(threatscore, make_threatscore_client):
 
 def test_an_attempt_is_cut_short_at_the_deadline(threatscore, make_threatscore_client):
     threatscore.answer(VALUE, answers.FOUR_ENGINES, delay=3)
-    client = make_threatscore_client(threatscore_read_timeout=5, threatscore_retries=2)
+    client = make_threatscore_client(threatscore_timeout=(1.0, 5.0), threatscore_retries=2)
     started = time.monotonic()
     error = error_of(client, VALUE, started + 0.5)
     assert error.code == "timeout" and "deadline" in error.message
