@@ -31,7 +31,7 @@ from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging
 from relay.lookup import Lookup
 from relay.schemas import parse_observables
-from relay.threatscore import ScoreSource, ThreatscoreClient
+from relay.threatscore import ScoreClient, ScoreSource
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def make_session(settings: Settings) -> requests.Session:
     """The one HTTP session of the process: its connection pool is reused across invocations.
 
     No `Retry` on the adapter: the Threatscore client retries within each
-    request's deadline (see `ThreatscoreClient`), and the authenticator's
+    request's deadline (see `relay.threatscore.transport`), and the authenticator's
     key fetches are not retried.
     """
     session = requests.Session()
@@ -96,7 +96,7 @@ class RelayApp:
         session = make_session(settings)
         return cls(
             settings,
-            ThreatscoreClient(settings, session),
+            ScoreClient(settings, session),
             build_authenticator(settings, session),
             build_cache(settings),
         )

@@ -21,7 +21,7 @@ from relay.config import Settings
 from relay.logs import RequestStats
 from relay.lookup import Lookup
 from relay.observables import Observable
-from relay.threatscore import ThreatscoreClient
+from relay.threatscore import ScoreClient
 from tests import answers
 from tests.conftest import free_port
 from tests.test_app import OBSERVE, post
@@ -52,9 +52,7 @@ def make_lookup(threatscore):
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=max_concurrency)
         session.mount("http://", adapter)
-        return Lookup(
-            ThreatscoreClient(settings, session), NoCache() if cache is None else cache, max_concurrency
-        )
+        return Lookup(ScoreClient(settings, session), NoCache() if cache is None else cache, max_concurrency)
 
     return build
 

@@ -11,7 +11,8 @@ import trustme
 
 from relay.config import Settings
 from relay.errors import RelayError
-from relay.threatscore import RETRY_BACKOFF_FACTOR, RETRY_JITTER, ThreatscoreClient, retry_policy
+from relay.threatscore import ScoreClient
+from relay.threatscore.transport import RETRY_BACKOFF_FACTOR, RETRY_JITTER, retry_policy
 from tests import answers
 from tests.conftest import free_port
 from tests.fake_threatscore import FakeThreatscore, Scripted
@@ -29,14 +30,14 @@ class Waits(list):
 
 @pytest.fixture
 def make_threatscore_client(threatscore):
-    def build(sleep=time.sleep, **changes) -> ThreatscoreClient:
+    def build(sleep=time.sleep, **changes) -> ScoreClient:
         defaults = {
             "threatscore_api_url": threatscore.url,
             "threatscore_timeout": (1.0, 1.0),
             "threatscore_retries": 0,  # retries have their own tests below
         }
         settings = replace(Settings(), **{**defaults, **changes})
-        return ThreatscoreClient(settings, requests.Session(), sleep=sleep)
+        return ScoreClient(settings, requests.Session(), sleep=sleep)
 
     return build
 
@@ -163,7 +164,7 @@ def test_tls_failure_with_a_self_signed_certificate():
     try:
         fake.answer("198.51.100.7", answers.FOUR_ENGINES)
         settings = replace(Settings(), threatscore_api_url=fake.url, threatscore_timeout=(3.0, 2.0))
-        error = error_of(ThreatscoreClient(settings, requests.Session()), "198.51.100.7")
+        error = error_of(ScoreClient(settings, requests.Session()), "198.51.100.7")
         assert error.code == "tls error" and "certificate" in error.message
         assert fake.total_calls == 0
     finally:
@@ -265,7 +266,7 @@ def test_connection_refused_is_retried_then_the_answer_is_used():
         time.sleep(seconds)
 
     settings = replace(Settings(), threatscore_api_url=f"http://127.0.0.1:{port}", threatscore_retries=2)
-    client = ThreatscoreClient(settings, requests.Session(), sleep=start_threatscore_then_wait)
+    client = ScoreClient(settings, requests.Session(), sleep=start_threatscore_then_wait)
     try:
         answer = client.score(VALUE, time.monotonic() + 10)
         assert len(answer["scores"][0]["details"]) == 4

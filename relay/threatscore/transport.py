@@ -1,10 +1,10 @@
-"""The Threatscore client: one lookup, one normalised answer or one precise error.
+"""The shared transport of every Threatscore API: one HTTP exchange within a deadline.
 
-`ScoreSource` is what the lookups depend on, so that another Threatscore API
-(the v3 search) can be added later as a second implementation.
-
-A lookup retries what is worth retrying (a failed connection, 502/503/504,
-429) within the caller's deadline: see `ThreatscoreClient._fetch_with_retries`.
+`Transport.exchange` sends one request and returns the first answer that is
+not worth retrying (status and body, the body capped in size), or raises the
+`RelayError` that says what failed. It retries what is worth retrying (a
+failed connection, 502/503/504, 429) within the caller's deadline. The API
+modules (`score`, ...) build the request and read the answer.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
-from urllib.parse import quote
+from typing import NamedTuple
 
 import requests
 import urllib3
@@ -25,7 +24,6 @@ from urllib3.util.retry import Retry
 from relay.config import Settings
 from relay.errors import (
     DeadlineExceededError,
-    InvalidArgumentError,
     NotFoundError,
     RelayError,
     TooManyRequestsError,
@@ -35,11 +33,9 @@ from relay.errors import (
     UpstreamTLSError,
     UpstreamUnavailableError,
 )
-from relay.schemas import parse_score_answer
 from relay.version import VERSION
 
 USER_AGENT = f"threatscore-xdr-relay/{VERSION} (+Cisco XDR relay module)"
-NOT_FOUND_MARKER = "observable not found"
 
 # Answers worth asking again: overloaded or restarting (502/503/504), rate limited (429).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -50,14 +46,6 @@ RETRY_JITTER = 0.1
 RETRY_BACKOFF_MAX = 5.0
 # An attempt that would have less time than this before the deadline is not worth starting.
 MIN_ATTEMPT_SECONDS = 0.05
-
-
-class ScoreSource(Protocol):
-    def score(self, value: str, deadline: float | None = None) -> dict | None:
-        """The normalised answer for `value`, None for "no data"; raises `RelayError`.
-
-        `deadline` (a `time.monotonic()` instant) bounds the whole lookup, retries included.
-        """
 
 
 class RetryPolicy(Retry):
@@ -84,7 +72,8 @@ def retry_policy(retries: int) -> RetryPolicy:
         status=None,
         other=None,
         redirect=0,
-        allowed_methods=frozenset({"GET"}),
+        # Every Threatscore request only reads (the v3 search is a POST): all are safe to repeat.
+        allowed_methods=frozenset({"GET", "POST"}),
         status_forcelist=RETRY_STATUSES,
         backoff_factor=RETRY_BACKOFF_FACTOR,
         backoff_jitter=RETRY_JITTER,
@@ -109,8 +98,8 @@ class _RetryableConnectionError(Exception):
         self.cause = cause
 
 
-class ThreatscoreClient:
-    """The score API: `GET {base}/api/score/{value}`."""
+class Transport:
+    """HTTP exchanges with Threatscore on the process's shared session."""
 
     def __init__(
         self,
@@ -118,32 +107,17 @@ class ThreatscoreClient:
         session: requests.Session,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self._base_url = settings.threatscore_api_url
-        self._timeout = (settings.threatscore_connect_timeout, settings.threatscore_read_timeout)
+        self._timeout = settings.threatscore_timeout
         self._max_body_bytes = settings.threatscore_max_body_bytes
         self._session = session
-        # Immutable: each lookup starts from it, and `increment` returns a new policy.
+        # Immutable: each exchange starts from it, and `increment` returns a new policy.
         self._retry_policy = retry_policy(settings.threatscore_retries)
         self._sleep = sleep  # tests watch the waits between attempts
 
-    def url_for(self, value: str) -> str:
-        """One path segment, whatever the value holds: no `/`, `?`, `#` or `..` can steer the path."""
-        segment = quote(value, safe="")
-        # `.` and `..` are dot segments even when encoded (requests decodes %2E): refuse them.
-        if segment in ("", ".", ".."):
-            raise InvalidArgumentError(f"{value!r} cannot be looked up on Threatscore")
-        return f"{self._base_url}/api/score/{segment}"
-
-    def score(self, value: str, deadline: float | None = None) -> dict | None:
-        status, body = self._fetch_with_retries(self.url_for(value), deadline)
-        if status == 200:
-            return parse_score_answer(_json(body))
-        if status == 404 and NOT_FOUND_MARKER in _error_message(body).lower():
-            return None  # "no data", not an error
-        raise _status_error(status, body)
-
-    def _fetch_with_retries(self, url: str, deadline: float | None) -> tuple[int, bytes]:
-        """The first answer that is not worth retrying, or the last error.
+    def exchange(
+        self, method: str, url: str, deadline: float | None, json_body: object = None
+    ) -> tuple[int, bytes]:
+        """The first answer that is not worth retrying, as (status, body), or the last error.
 
         Why a loop here rather than `Retry` on the HTTPAdapter: urllib3 would
         sleep (backoff, Retry-After) and start attempts without knowing this
@@ -157,20 +131,20 @@ class ThreatscoreClient:
         retry: Retry = self._retry_policy
         while True:
             try:
-                reply = self._fetch(url, deadline)
+                reply = self._fetch(method, url, deadline, json_body)
             except _RetryableConnectionError as failure:
                 last_error = failure.error
                 try:
-                    retry = retry.increment("GET", url, error=failure.cause)
+                    retry = retry.increment(method, url, error=failure.cause)
                 except MaxRetryError:
                     raise last_error from None
                 wait = retry.get_backoff_time()
             else:
                 if reply.status not in RETRY_STATUSES:
                     return reply.status, reply.body
-                last_error = _status_error(reply.status, reply.body)
+                last_error = status_error(reply.status, reply.body)
                 try:
-                    retry = retry.increment("GET", url, response=reply.raw)
+                    retry = retry.increment(method, url, response=reply.raw)
                 except MaxRetryError:
                     raise last_error from None
                 retry_after = _retry_after(retry, reply.raw)
@@ -184,12 +158,14 @@ class ThreatscoreClient:
                 raise last_error
             self._sleep(wait)
 
-    def _fetch(self, url: str, deadline: float | None) -> _Reply:
+    def _fetch(self, method: str, url: str, deadline: float | None, json_body: object) -> _Reply:
         timeout = self._attempt_timeout(deadline)
         try:
-            with self._session.get(
+            with self._session.request(
+                method,
                 url,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                json=json_body,
                 timeout=timeout,
                 stream=True,
             ) as response:
@@ -292,7 +268,7 @@ def _arriving_chunks(raw: urllib3.response.BaseHTTPResponse):
         yield chunk
 
 
-def _json(body: bytes):
+def parse_json(body: bytes):
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -301,7 +277,7 @@ def _json(body: bytes):
         raise UpstreamFormatError("Threatscore answered with JSON nested too deeply") from None
 
 
-def _status_error(status: int, body: bytes) -> RelayError:
+def status_error(status: int, body: bytes) -> RelayError:
     if status == 404:
         return NotFoundError("Threatscore answered 404 Not Found (is THREATSCORE_API_URL right?)")
     if status == 429:
@@ -311,7 +287,7 @@ def _status_error(status: int, body: bytes) -> RelayError:
     return RelayError(f"Threatscore answered with an unexpected HTTP {status}")
 
 
-def _error_message(body: bytes) -> str:
+def error_message(body: bytes) -> str:
     """`error.message` of a JSON error body; a proxy's HTML page gives ''."""
     try:
         payload = json.loads(body)
