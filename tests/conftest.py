@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 
 from relay.logs import flush_logs
-from tests.fake_threatscore import FakeThreatscore
+from simulator import ThreatscoreSimulator
 from tests.relay_process import RELAY_SETTING_PREFIXES, ROOT, VENV_BIN, RelayProcess, free_port
 
 MAIN = ROOT / "main.py"
@@ -62,13 +62,13 @@ class FakeClock:
 
 @pytest.fixture(scope="session")
 def _threatscore_server():
-    fake = FakeThreatscore().start()
+    fake = ThreatscoreSimulator().start()
     yield fake
     fake.stop()
 
 
 @pytest.fixture
-def threatscore(_threatscore_server) -> FakeThreatscore:
+def threatscore(_threatscore_server) -> ThreatscoreSimulator:
     """The fake Threatscore, emptied before each test."""
     _threatscore_server.reset()
     return _threatscore_server
