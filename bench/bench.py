@@ -1,6 +1,6 @@
 """`make bench`: the relay's speed targets (issue 4), measured in one run, as one markdown table.
 
-It starts a fake Threatscore (tests/fake_threatscore.py, in this process) that
+It starts the Threatscore simulator (simulator/, in this process) that
 sleeps a set latency per call and counts the calls it receives, and the relay
 as real `functions-framework --target=relay` processes (RELAY_AUTH=none,
 functions-framework's default server: gunicorn, 1 worker, 4 x cores threads).

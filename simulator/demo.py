@@ -13,6 +13,7 @@ process dies anyway, the relay is told by the kernel (Linux) and stops too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import signal
@@ -33,7 +34,16 @@ LOG_FILE = ROOT / ".simulator" / "demo-relay.log"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 # The relay's settings (relay/config.py reads variables with these prefixes): the demo sets its own.
-RELAY_SETTING_PREFIXES = ("RELAY_", "THREATSCORE_", "CTR_", "CTIM_", "CACHE_", "REDIS_", "HEALTH_", "LOG_LEVEL")
+RELAY_SETTING_PREFIXES = (
+    "RELAY_",
+    "THREATSCORE_",
+    "CTR_",
+    "CTIM_",
+    "CACHE_",
+    "REDIS_",
+    "HEALTH_",
+    "LOG_LEVEL",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m simulator demo",
         description="The Threatscore simulator and the relay in front of it, on 127.0.0.1, until Ctrl-C.",
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8080), help="the relay's port")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT") or 8080), help="the relay's port"
+    )
     parser.add_argument("--simulator-port", type=int, help="the simulator's port (default: the relay's + 1)")
     args = parser.parse_args(argv)
     relay_port = args.port
@@ -71,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(banner(relay_url, simulator.url, time.monotonic() - started), flush=True)
         while not stop.wait(0.5):
             if relay.poll() is not None:
-                print(f"demo: the relay stopped (exit status {relay.returncode}); log: {LOG_FILE}", file=sys.stderr)
+                print(
+                    f"demo: the relay stopped (exit status {relay.returncode}); log: {LOG_FILE}",
+                    file=sys.stderr,
+                )
                 return 1
         return 0
     finally:
@@ -138,14 +153,10 @@ def _wait_until_ready(relay: subprocess.Popen, relay_url: str, stop: threading.E
 
 def _stop_group(process: subprocess.Popen) -> None:
     """SIGTERM to the whole process group (gunicorn and its worker); SIGKILL if it lingers."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
     # A worker may outlive its master by a moment: the group goes entirely.
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
@@ -155,10 +166,8 @@ def _stop_group(process: subprocess.Popen) -> None:
             break
         time.sleep(0.05)
     else:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if process.poll() is None:
         process.wait(timeout=STOP_TIMEOUT)
 
@@ -190,7 +199,8 @@ The command line (same code, no server; it asks the simulator directly):
   export THREATSCORE_API_URL={simulator_url}
   .venv/bin/python -m relay lookup 198.51.100.7 203.0.113.5 example.com 192.0.2.1 192.0.2.66
   .venv/bin/python -m relay lookup --json 198.51.100.7
-  .venv/bin/python -m relay lookup http://phish.example/login 44d88612fea8a8f36de82e1278abb02f user_agent:sqlmap/1.7
+  .venv/bin/python -m relay lookup http://phish.example/login 44d88612fea8a8f36de82e1278abb02f \\
+      user_agent:sqlmap/1.7
   .venv/bin/python -m relay health
 
 Ctrl-C stops the relay and the simulator.
