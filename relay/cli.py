@@ -105,12 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m relay",
         description="The relay from the command line: the function's settings (environment) and code.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         sub = commands.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     args = parser.parse_args(argv)
+    if args.command is None:  # the commands, not just "COMMAND is required"
+        parser.print_help(sys.stderr)
+        return USAGE
     try:
         return args.run(args)
     except UsageError as error:

@@ -11,6 +11,7 @@ configuration table is checked against `Settings`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -227,10 +228,8 @@ def test_a_readme_example_with_servers_of_its_own_answers_as_shown(example):
 
 
 def _stop_session(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.process
