@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake Threatscore on 127.0.0.1, a real redis-server, and the relay under functions-framework."""
+"""Shared fixtures: the Threatscore simulator on 127.0.0.1, a real redis-server, and the relay under functions-framework."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _threatscore_server():
 
 @pytest.fixture
 def threatscore(_threatscore_server) -> ThreatscoreSimulator:
-    """The fake Threatscore, emptied before each test."""
+    """The Threatscore simulator (no catalogue: unscripted values are "no data"), emptied before each test."""
     _threatscore_server.reset()
     return _threatscore_server
 
