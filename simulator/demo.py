@@ -209,6 +209,8 @@ Ctrl-C stops the relay and the simulator.
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As a server binds (SO_REUSEADDR): connections of a stopped server in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
