@@ -13,6 +13,7 @@ import pytest
 
 from relay import cli
 from relay.cli import infer_type, main, typed_observable
+from relay.observables import Observable
 from simulator import ThreatscoreSimulator
 from tests.relay_process import ROOT, without_relay_settings
 
@@ -313,3 +314,62 @@ def test_python_m_relay_runs_and_the_old_token_entry_point_says_where_it_went(ca
     assert looked_up.stderr == ""  # no log noise on a good lookup
     assert moved.returncode == 1 and "python -m relay token" in moved.stderr
     assert usage.returncode == 2 and "lookup" in usage.stderr
+
+
+def test_the_table_reads_categories_and_scores_from_indicators_and_relationships():
+    # The shape the v3 mapping gives (issue 8): the aggregate judgement based-on each indicator.
+    observable = {"type": "url", "value": "http://phish.example/login"}
+    answer = {
+        "data": {
+            "verdicts": {
+                "count": 1,
+                "docs": [
+                    {"observable": observable, "disposition_name": "Malicious", "judgement_id": "j-aggregate"}
+                ],
+            },
+            "judgements": {
+                "count": 2,
+                "docs": [
+                    {
+                        "id": "j-aggregate",
+                        "observable": observable,
+                        "reason": "Threatscore score 85.0 % (malicious)",
+                    },
+                    {"id": "j-row", "observable": observable, "reason": "Analysis 1f2e: score 0.85"},
+                ],
+            },
+            "indicators": {
+                "count": 2,
+                "docs": [
+                    {"id": "i-phishing", "title": "Phishing"},
+                    {"id": "i-compromise", "title": "Compromise"},
+                ],
+            },
+            "relationships": {
+                "count": 3,
+                "docs": [
+                    {
+                        "relationship_type": "based-on",
+                        "source_ref": "j-aggregate",
+                        "target_ref": "i-phishing",
+                    },
+                    {
+                        "relationship_type": "based-on",
+                        "source_ref": "j-aggregate",
+                        "target_ref": "i-compromise",
+                    },
+                    {"relationship_type": "sighting-of", "source_ref": "s-1", "target_ref": "i-phishing"},
+                ],
+            },
+        }
+    }
+    looked_up = [Observable("url", observable["value"], observable["value"])]
+    [row] = cli._rows([("url", observable["value"])], [], looked_up, answer, [{"url": "https://ui/x"}])
+
+    assert (row.verdict, row.score, row.categories, row.judgements) == (
+        "Malicious",
+        "85.0 %",
+        "Phishing, Compromise",
+        "2",
+    )
+    assert row.link == "https://ui/x" and row.error == ""
