@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,12 +14,23 @@ import pytest
 
 from relay import cli
 from relay.cli import infer_type, main, typed_observable
+from relay.logs import flush_logs
 from relay.observables import Observable
 from simulator import ThreatscoreSimulator
 from tests.relay_process import ROOT, without_relay_settings
 
 OBSERVE = "/observe/observables"
 SECRET = "cli-test-secret-" + "z" * 32
+
+
+@pytest.fixture(autouse=True)
+def _the_processs_logging_is_restored():
+    """The command line sends the log to stderr (root handlers): other tests log as the function does."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +182,8 @@ def test_lookup_json_is_the_body_observe_gives(catalogue, capsys, make_client):
         )
         .get_json()
     )
+    flush_logs()  # the in-process relay's log lines, out of the command's stdout
+    capsys.readouterr()
 
     status, out, _ = run(capsys, "lookup", "--json", *values)
 
