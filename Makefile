@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: run test lint unit redis-server bench loadtest clean
+.PHONY: run test lint unit redis-server bench loadtest clean deploy register
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,12 @@ clean:
 # The relay under load: 5,000 requests, 32 clients, 5 % upstream faults.
 loadtest: $(VENV)/.dev
 	$(BIN)/python -m loadtest
+
+# Google Cloud (see README.md, "Deploying to Google Cloud Functions"): settings from the environment
+# and deploy.env (deploy.env.example). DRY_RUN=1 prints the gcloud commands instead of running them.
+deploy: $(VENV)/.dev
+	$(BIN)/python -m deploy deploy
+
+# Registers the module type in XDR with an API client's XDR_CLIENT_ID / XDR_CLIENT_SECRET.
+register: $(VENV)/.dev
+	$(BIN)/python -m deploy register
