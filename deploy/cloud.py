@@ -365,7 +365,5 @@ def deploy(settings: DeploySettings | None = None) -> None:
         print(
             f"Egress:    every call to Threatscore leaves from {address}: give this address to Cyberprotect"
         )
-    print(
-        f"Next:      the module type for XDR ({settings.xdr_region}): {module_type_file.relative_to(ROOT)};"
-    )
+    print(f"Next:      the module type for XDR ({settings.xdr_region}): {module_type_file};")
     print("           register it with XDR_CLIENT_ID=... XDR_CLIENT_SECRET=... make register")

@@ -21,8 +21,10 @@ from relay.config import ConfigError, Settings, declared_settings
 from relay.module_type import JWKS_HOSTS
 
 ROOT = Path(__file__).resolve().parent.parent
-DEPLOY_ENV = ROOT / "deploy.env"
-WORK_DIR = ROOT / ".deploy"  # generated: the upload, the env file, the module type (git- and gcloud-ignored)
+# The settings file, and where the generated upload, env file and module type go (git- and
+# gcloud-ignored). Both can be moved (DEPLOY_ENV, DEPLOY_WORK_DIR): the tests do.
+DEPLOY_ENV = Path(os.environ.get("DEPLOY_ENV") or ROOT / "deploy.env")
+WORK_DIR = Path(os.environ.get("DEPLOY_WORK_DIR") or ROOT / ".deploy")
 
 TIMEOUT_MARGIN_SECONDS = 5  # the function's timeout is RELAY_DEADLINE plus this
 # Set by the deployment itself, or by the platform: never passed on from the operator's settings.
