@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help demo run test lint unit redis-server bench loadtest clean python-version
+.PHONY: help demo run test lint unit redis-server bench loadtest clean python-version deploy register
 
 help: ## list the targets
 	@echo "make TARGET, where TARGET is one of:"
@@ -66,3 +66,12 @@ loadtest: $(VENV)/.dev ## the relay under load, in front of the simulator with f
 
 clean: ## remove .venv, tool caches and the simulator's files (.simulator/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .schemathesis .simulator bench-results
+
+# Google Cloud (see README.md, "Deploying to Google Cloud Functions"): settings from the environment
+# and deploy.env (deploy.env.example). DRY_RUN=1 prints the gcloud commands instead of running them.
+deploy: $(VENV)/.dev ## deploy to Google Cloud Functions (DRY_RUN=1 prints the gcloud commands)
+	$(BIN)/python -m deploy deploy
+
+# Registers the module type in XDR with an API client's XDR_CLIENT_ID / XDR_CLIENT_SECRET.
+register: $(VENV)/.dev ## register the module type in XDR (DRY_RUN=1 shows the requests)
+	$(BIN)/python -m deploy register

@@ -281,8 +281,10 @@ def case_d(fake: ThreatscoreSimulator, relay: Function, trivial: Function, args)
         f" (median of {args.pairs} paired {args.throughput_seconds:g} s runs)",
         f"{statistics.median(relay_rates):.0f} req/s = {100 * ratio:.0f} % of trivial"
         f" ({statistics.median(trivial_rates):.0f} req/s)",
-        "≥ 70 % of trivial",
-        ratio >= 0.7,
+        # Issue 10: each log line is now written before its response leaves (no background
+        # writer), and the bar for that is 65 % (it was 70 % with the writer thread).
+        "≥ 65 % of trivial",
+        ratio >= 0.65,
     )
 
 

@@ -28,7 +28,7 @@ from relay.errors import (
     envelope,
 )
 from relay.handlers import Handlers, RequestContext
-from relay.logs import JSON_FIELDS, RequestLog, setup_logging
+from relay.logs import JSON_FIELDS, RequestLog, setup_logging, trace_fields
 from relay.lookup import Lookup
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreClient, ScoreSource
@@ -124,7 +124,7 @@ class RelayApp:
     def from_env(cls) -> RelayApp:
         """Reads the environment once; a bad setting stops the start-up with a clear error."""
         settings = Settings.from_env()
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.service_name, VERSION)
         session = make_session(settings)
         cache = build_cache(settings)
         app = cls(settings, build_source(settings, session), build_authenticator(settings, session), cache)
@@ -132,7 +132,16 @@ class RelayApp:
         return app
 
     def handle(self, request: flask.Request) -> flask.Response:
-        request_log = RequestLog(request.method, request.path, _execution_id(request))
+        request_log = RequestLog(
+            request.method,
+            request.path,
+            _execution_id(request),
+            trace=trace_fields(
+                request.headers.get("traceparent"),
+                request.headers.get("X-Cloud-Trace-Context"),
+                self.settings.google_cloud_project,
+            ),
+        )
         response = self._respond(request, request_log)
         request_log.finish(response.status_code)
         return _leaving_the_body_unread(response)

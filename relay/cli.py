@@ -4,6 +4,7 @@
     python -m relay health                                 the /health probe
     python -m relay token [--aud URL] [--limit N]          a token for RELAY_AUTH=secret
     python -m relay settings                               the effective settings (secrets: set/unset)
+    python -m relay module-type --url URL --region R       the XDR module type for a deployed URL
 
 Settings come from the environment, read by the same `Settings.from_env` as
 the function; `lookup` and `health` call the same handlers the function
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from relay import token
+from relay import module_type, token
 from relay.config import ConfigError, Settings, declared_settings
 from relay.errors import RelayError
 from relay.handlers import RequestContext
@@ -501,4 +502,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("health", "the /health probe of Threatscore", no_arguments, run_health),
     Command("token", "print a bearer token for RELAY_AUTH=secret", token.add_arguments, token.run),
     Command("settings", "the effective settings (secrets shown as set or unset)", no_arguments, run_settings),
+    Command(
+        "module-type",
+        "write the XDR module type for a deployed relay's URL",
+        module_type.add_arguments,
+        module_type.run,
+    ),
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +121,13 @@ def secret_text(raw: str) -> str:
     return raw
 
 
+def project_id(raw: str) -> str:
+    """A Google Cloud project id (optionally domain-scoped, `example.com:my-project`)."""
+    if not re.fullmatch(r"(?:[a-z0-9.-]{1,63}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", raw):
+        raise ConfigError(f"is not a project id, got {raw!r}")
+    return raw
+
+
 def log_level(raw: str) -> str:
     level = raw.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -212,6 +220,10 @@ class Settings:
 
     # Logging
     log_level: str = setting("LOG_LEVEL", log_level, "INFO")
+    # Names the trace of each log line (projects/ID/traces/...); `make deploy` sets it.
+    google_cloud_project: str | None = setting("GOOGLE_CLOUD_PROJECT", project_id, None)
+    # Error Reporting's service name: Cloud Run sets K_SERVICE to the function's name.
+    service_name: str = setting("K_SERVICE", text, "relay")
 
     def __post_init__(self) -> None:
         # Rules between settings; each setting's own rules are its parser's.

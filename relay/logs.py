@@ -12,11 +12,8 @@ defence, but that is not a licence to log them.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import os
-import queue
 import re
 import sys
 import threading
@@ -32,6 +29,12 @@ import orjson
 # the platform's own request log keeps the execution id: both then correlate.
 LABELS_FIELD = "logging.googleapis.com/labels"
 SOURCE_LOCATION_FIELD = "logging.googleapis.com/sourceLocation"
+# With these, Cloud Logging nests the relay's line under the platform's request log of the same trace.
+TRACE_FIELD = "logging.googleapis.com/trace"
+SPAN_ID_FIELD = "logging.googleapis.com/spanId"
+TRACE_SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
+# A record with this `@type` (and a stack trace) is an event for Error Reporting, whatever its text.
+REPORTED_ERROR_EVENT = "type.googleapis.com/google.devtools.clouderrorreporting.v1beta1.ReportedErrorEvent"
 
 # Extra fields of a record go under this attribute: logger.info(msg, extra={"json_fields": {...}}).
 JSON_FIELDS = "json_fields"
@@ -54,8 +57,78 @@ def redact(text: str) -> str:
     return _JWT.sub("[redacted token]", _BEARER.sub(r"\1 [redacted]", text))
 
 
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex. A version other than 00
+# may append fields after a dash; version ff is invalid.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?")
+# Google's own header: TRACE_ID/SPAN_ID;o=OPTIONS, the span id in decimal (an unsigned 64-bit number).
+_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([01]))?")
+_MAX_TRACE_HEADER = 512  # both forms are far shorter; a longer header is not looked at
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def trace_fields(traceparent: str | None, cloud_trace_context: str | None, project: str | None) -> dict:
+    """The Cloud Logging trace fields of a request, from its `traceparent` header, else from its
+    `X-Cloud-Trace-Context` header; `{}` without a project or a valid header.
+
+    The headers come from the caller (Google's front end sets or forwards
+    them): anything not exactly in form is ignored, never echoed.
+    """
+    if not project:
+        return {}
+    parsed = _parse_traceparent(traceparent) or _parse_cloud_trace_context(cloud_trace_context)
+    if parsed is None:
+        return {}
+    trace_id, span_id, sampled = parsed
+    fields: dict = {TRACE_FIELD: f"projects/{project}/traces/{trace_id}"}
+    if span_id is not None:
+        fields[SPAN_ID_FIELD] = span_id
+    fields[TRACE_SAMPLED_FIELD] = sampled
+    return fields
+
+
+def _parse_traceparent(header: str | None) -> tuple[str, str | None, bool] | None:
+    if not header or len(header) > _MAX_TRACE_HEADER:
+        return None
+    match = _TRACEPARENT.fullmatch(header.strip(" \t"))
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return trace_id, span_id, bool(int(flags, 16) & 1)
+
+
+def _parse_cloud_trace_context(header: str | None) -> tuple[str, str | None, bool] | None:
+    if not header or len(header) > _MAX_TRACE_HEADER:
+        return None
+    match = _CLOUD_TRACE.fullmatch(header.strip(" \t"))
+    if match is None:
+        return None
+    trace_id, span, options = match.groups()
+    trace_id = trace_id.lower()
+    if trace_id == _ZERO_TRACE:
+        return None
+    span_id = None
+    if span is not None:
+        number = int(span)
+        if not 0 < number < 2**64:
+            return None
+        span_id = f"{number:016x}"
+    return trace_id, span_id, options == "1"
+
+
 class CloudLoggingFormatter(logging.Formatter):
-    """A record as one line of JSON: `severity`, `message`, `time`, `logger`, extra fields."""
+    """A record as one line of JSON: `severity`, `message`, `time`, `logger`, extra fields.
+
+    A record of ERROR or above with an exception is also an Error Reporting
+    event: `@type`, `serviceContext` and the trace in `stack_trace`.
+    """
+
+    def __init__(self, service: str = "relay", version: str = "") -> None:
+        super().__init__()
+        self._service_context = {"service": service, "version": version} if version else {"service": service}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict = {
@@ -81,6 +154,9 @@ class CloudLoggingFormatter(logging.Formatter):
             exc_type, exc, _ = record.exc_info
             entry["error"] = redact(f"{exc_type.__name__}: {exc}")
             entry["stack_trace"] = redact("".join(traceback.format_exception(*record.exc_info)))
+            if record.levelno >= logging.ERROR:
+                entry["@type"] = REPORTED_ERROR_EVENT
+                entry["serviceContext"] = self._service_context
         elif record.stack_info:
             entry["stack_trace"] = redact(record.stack_info)
         # default=str: a field that is not JSON (a datetime, an exception) must not lose the line.
@@ -91,28 +167,22 @@ class CloudLoggingFormatter(logging.Formatter):
 
 
 class StdoutHandler(logging.Handler):
-    """Formats each record in the caller's thread; one writer thread puts the lines on stdout.
+    """Writes each record as one line on stdout, in the caller's thread, before the call returns.
 
-    Why a writer thread: a write is a system call, and a request thread that
-    makes one gives up the GIL and must wait behind the busy threads to get it
-    back; under load that wait, once per request, cost more than the request
-    itself. Here a request thread only queues its line. The writer writes
-    whatever has queued up in one call, to whatever `sys.stdout` is then (the
-    framework and test runners swap it), and flushes.
-
-    The writer is started lazily in each process: gunicorn forks its worker
-    after the app is built, and a thread does not survive a fork.
+    Why not a writer thread: on Cloud Functions gen2 the CPU is throttled
+    outside requests, so a line left for another thread could wait until the
+    next request (or be lost with the instance). A request's line is on
+    stdout before its response leaves. The line is formatted outside the lock;
+    the lock only keeps two lines from interleaving. `sys.stdout` is looked up
+    at each write: the framework and test runners swap it.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._start_lock = threading.Lock()
-        self._pid: int | None = None
-        self._lines: queue.SimpleQueue = queue.SimpleQueue()
-        self._flush_requested = threading.Event()
+        self._write_lock = threading.Lock()
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: the queue is thread-safe, and the lock would make threads queue up.
+        # No handler-wide lock around formatting: only the write itself is serialised.
         if not self.filter(record):
             return False
         self.emit(record)
@@ -120,66 +190,27 @@ class StdoutHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._queue().put(self.format(record) + "\n")
+            line = self.format(record) + "\n"
+            with self._write_lock:
+                stream = sys.stdout
+                stream.write(line)
+                stream.flush()
         except Exception:
             self.handleError(record)
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Returns once every line queued before the call is written (or after `timeout`)."""
-        if self._pid != os.getpid():
-            return  # nothing was queued in this process
-        written = threading.Event()
-        self._lines.put(written)
-        self._flush_requested.set()
-        written.wait(timeout)
-
-    def _queue(self) -> queue.SimpleQueue:
-        if self._pid != os.getpid():
-            with self._start_lock:
-                if self._pid != os.getpid():
-                    self._lines = queue.SimpleQueue()  # the parent's queue belongs to the parent
-                    threading.Thread(target=self._write_forever, name="log-writer", daemon=True).start()
-                    self._pid = os.getpid()
-        return self._lines
-
-    def _write_forever(self) -> None:
-        lines = self._lines
-        while True:
-            batch = [lines.get()]
-            # A pause lets lines gather: on a busy instance one write carries many of them,
-            # and the writer takes the GIL a few times a second, not once per request.
-            # A flush cuts it short.
-            if self._flush_requested.wait(WRITE_INTERVAL):
-                self._flush_requested.clear()
-            while True:
-                try:
-                    batch.append(lines.get_nowait())
-                except queue.Empty:
-                    break
-            text = "".join(item for item in batch if isinstance(item, str))
-            if text:
-                try:
-                    sys.stdout.write(text)
-                    sys.stdout.flush()
-                except Exception:  # noqa: S110 - a closed stdout must not stop the writer
-                    pass
-            for item in batch:
-                if isinstance(item, threading.Event):
-                    item.set()
+    def flush(self) -> None:
+        """Every line is flushed as it is written: nothing is ever pending here."""
 
 
-WRITE_INTERVAL = 0.05  # seconds a line may wait to be written with others
-
-_stdout_handler = StdoutHandler()  # one per process: its writer thread is reused
-atexit.register(_stdout_handler.flush, 2.0)  # lines still queued at exit are written
+_stdout_handler = StdoutHandler()  # one per process
 
 
 def flush_logs(timeout: float = 5.0) -> None:
-    """Waits until every log line so far is on stdout."""
-    _stdout_handler.flush(timeout)
+    """Kept for callers (tests) written when lines were queued: each line is now on stdout when logged."""
+    del timeout
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, service: str = "relay", version: str = "") -> None:
     """Formats every record of the process as JSON on stdout, from `level` up.
 
     Idempotent. Plain console handlers installed before (by functions-framework
@@ -190,7 +221,7 @@ def setup_logging(level: str) -> None:
     for handler in list(root.handlers):
         if type(handler) is logging.StreamHandler or isinstance(handler, StdoutHandler):
             root.removeHandler(handler)
-    _stdout_handler.setFormatter(CloudLoggingFormatter())
+    _stdout_handler.setFormatter(CloudLoggingFormatter(service, version))
     root.addHandler(_stdout_handler)
     root.setLevel(level)
     # Nothing here logs thread or process names: don't collect them for every record.
@@ -248,11 +279,17 @@ class RequestLog:
     """
 
     def __init__(
-        self, method: str, path: str, execution_id: str, clock: Callable[[], float] = time.monotonic
+        self,
+        method: str,
+        path: str,
+        execution_id: str,
+        clock: Callable[[], float] = time.monotonic,
+        trace: dict | None = None,
     ):
         self.method = method
         self.path = path[:200]
         self.execution_id = execution_id
+        self.trace = trace or {}  # trace_fields(...): on every line of this request
         self.stats = RequestStats()
         self.observables = 0  # the distinct supported observables looked up
         self.dropped: list[tuple[int, str]] = []  # (index, reason) of the observables left out
@@ -264,7 +301,7 @@ class RequestLog:
         self.stats.count_error(error.code, error.message)
 
     def fields(self) -> dict:
-        return {"execution_id": self.execution_id, "method": self.method, "path": self.path}
+        return {"execution_id": self.execution_id, "method": self.method, "path": self.path, **self.trace}
 
     def finish(self, status: int) -> None:
         duration_ms = round((self._clock() - self.started) * 1000, 1)

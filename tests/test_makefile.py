@@ -10,7 +10,7 @@ import pytest
 
 from tests.relay_process import ROOT
 
-TARGETS = ("help", "demo", "run", "test", "lint", "unit", "bench", "loadtest", "clean")
+TARGETS = ("help", "demo", "run", "test", "lint", "unit", "bench", "loadtest", "clean", "deploy", "register")
 
 
 def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
