@@ -31,7 +31,7 @@ from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging
 from relay.lookup import Lookup
 from relay.schemas import parse_observables
-from relay.threatscore import ScoreClient, ScoreSource
+from relay.threatscore import ScoreSource, build_source
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class RelayApp:
         session = make_session(settings)
         return cls(
             settings,
-            ScoreClient(settings, session),
+            build_source(settings, session),
             build_authenticator(settings, session),
             build_cache(settings),
         )
@@ -136,7 +136,10 @@ class RelayApp:
         if route == "health":
             return self.handlers.health(context)
         observables = parse_observables(
-            self._read_body(request), self.settings.max_observables, self.settings.max_value_length
+            self._read_body(request),
+            self.settings.max_observables,
+            self.settings.max_value_length,
+            self.handlers.supported_types,
         )
         request_log.observables = len(observables)
         if route == "observe/observables":

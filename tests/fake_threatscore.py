@@ -1,10 +1,12 @@
 """A fake Threatscore: a real HTTP server on 127.0.0.1 (pytest-httpserver, threaded).
 
-Tests script what each value answers (`answer`, or `answer_in_turn` for a
-different reply on each call), and read back what the upstream really
-received (`calls_for`, `total_calls`, `peak_in_flight`, `raw_paths`). Unknown
-values get the 404 "Observable not found" that means "no data", or what
-`fallback` says. `inject_faults` makes a share of all requests fail at random
+It speaks both APIs: `GET /api/score/{value}` and
+`POST /api/v3/observables/search/by-value` with `{"data": value}`. Tests
+script what each value answers (`answer`, or `answer_in_turn` for a different
+reply on each call): a script's body is returned whichever API asks. They
+read back what the upstream really received (`calls_for`, `total_calls`,
+`peak_in_flight`, `raw_paths`, `requests_seen`). Unknown values get the 404
+"Observable not found" that means "no data", or what `fallback` says. `inject_faults` makes a share of all requests fail at random
 (load tests).
 """
 
@@ -23,6 +25,8 @@ from urllib.parse import unquote
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+SCORE_PREFIX = "/api/score/"
+V3_SEARCH_PATH = "/api/v3/observables/search/by-value"
 NOT_FOUND_BODY = {"error": {"type": "Client Error", "code": "404", "message": "Observable not found"}}
 
 
@@ -85,6 +89,8 @@ class FakeThreatscore:
         self._peak_in_flight = 0
         self.raw_paths: list[str] = []
         self.user_agents: list[str] = []
+        # (method, path, the body parsed as JSON or None, headers): every request received.
+        self.requests_seen: list[tuple[str, str, object, dict[str, str]]] = []
 
     # --- lifecycle ---
     def start(self) -> FakeThreatscore:
@@ -103,7 +109,7 @@ class FakeThreatscore:
 
     # --- scripting ---
     def answer(self, value: str, body: object = None, status: int = 200, **options) -> None:
-        """What `GET /api/score/{value}` answers from now on."""
+        """What `GET /api/score/{value}` and a v3 search for `value` answer from now on."""
         with self._lock:
             self._in_turn.pop(value, None)
             self._scripts[value] = Scripted(status=status, body=body, **options)
@@ -138,6 +144,7 @@ class FakeThreatscore:
             self._peak_in_flight = 0
             self.raw_paths.clear()
             self.user_agents.clear()
+            self.requests_seen.clear()
 
     # --- observing ---
     def calls_for(self, value: str) -> int:
@@ -167,17 +174,22 @@ class FakeThreatscore:
 
     def _handle(self, request: Request) -> Response:
         raw_path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path
-        prefix = "/api/score/"
+        body = request.get_data()
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
         with self._lock:
             self.raw_paths.append(raw_path)
             self.user_agents.append(request.headers.get("User-Agent", ""))
-            if not raw_path.startswith(prefix):
+            self.requests_seen.append((request.method, request.path, parsed, dict(request.headers)))
+            value = self._value_asked(request.method, raw_path, parsed)
+            if value is None:
                 return Response(
                     json.dumps({"error": {"type": "Client Error", "code": "404", "message": "Not Found"}}),
                     status=404,
                     content_type="application/json",
                 )
-            value = unquote(raw_path[len(prefix) :])
             self._calls[value] += 1
             in_turn = self._in_turn.get(value)
             if in_turn:
@@ -194,6 +206,17 @@ class FakeThreatscore:
         if scripted is None:
             return Response(json.dumps(NOT_FOUND_BODY), status=404, content_type="application/json")
         return scripted.response()
+
+
+    @staticmethod
+    def _value_asked(method: str, raw_path: str, parsed: object) -> str | None:
+        """The value a request asks about, whichever API it speaks; None for a wrong request."""
+        if method == "GET" and raw_path.startswith(SCORE_PREFIX):
+            return unquote(raw_path[len(SCORE_PREFIX) :])
+        if method == "POST" and raw_path == V3_SEARCH_PATH and isinstance(parsed, dict):
+            value = parsed.get("data")
+            return value if isinstance(value, str) else None
+        return None
 
 
 def fault_label(scripted: Scripted) -> str:
