@@ -110,7 +110,8 @@ def cleaned(text: str, limit: int = QUOTE_LIMIT) -> str:
     """Text from upstream made fit to quote: one line of printable characters (controls,
     lone surrogates and runs of white space become one space), at most `limit` characters."""
     words = "".join(
-        char if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF else " " for char in text[: limit * 4]
+        char if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF else " "
+        for char in text[: limit * 4]
     )
     words = " ".join(words.split())
     return words if len(words) <= limit else words[: limit - 1] + "…"

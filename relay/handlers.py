@@ -134,7 +134,11 @@ class Handlers:
                     f" of {left_out} observable(s) are left out; ask about fewer observables at a time"
                 )
             )
-        data = {kind: {"count": len(kind_docs), "docs": kind_docs} for kind, kind_docs in docs.items() if kind_docs}
+        data = {
+            kind: {"count": len(kind_docs), "docs": kind_docs}
+            for kind, kind_docs in docs.items()
+            if kind_docs
+        }
         if errors:
             return envelope(errors, data)
         return {"data": data}

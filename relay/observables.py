@@ -96,7 +96,9 @@ def _url(text: str) -> str | None:
     if scheme not in ("http", "https") or not parts.netloc:
         return None
     userinfo, _, hostport = parts.netloc.rpartition("@")
-    host = _url_host(hostport[: len(hostport) - len(f":{port}")] if port is not None else hostport.rstrip(":"))
+    host = _url_host(
+        hostport[: len(hostport) - len(f":{port}")] if port is not None else hostport.rstrip(":")
+    )
     if host is None:
         return None
     netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{port}" if port is not None else "")

@@ -314,7 +314,9 @@ class V3ThreatscoreSchema(Schema):
 
     value = FlexibleScore(load_default=None, allow_none=True)
     level = UpstreamText(load_default=None, allow_none=True)
-    categories = fields.List(UpstreamText(), load_default=list, validate=validate.Length(max=MAX_UPSTREAM_ITEMS))
+    categories = fields.List(
+        UpstreamText(), load_default=list, validate=validate.Length(max=MAX_UPSTREAM_ITEMS)
+    )
     indicators = fields.Dict(
         keys=UpstreamText(),
         values=fields.Boolean(allow_none=True, truthy={True}, falsy={False}),

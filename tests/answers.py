@@ -236,7 +236,9 @@ V3_NO_DATA_FORMS = [
     (404, NO_DATA_404),
 ]
 
-V3_ERROR_IN_BODY = {"error": {"type": "Server Error", "code": "500", "message": "Search backend\n unavailable"}}
+V3_ERROR_IN_BODY = {
+    "error": {"type": "Server Error", "code": "500", "message": "Search backend\n unavailable"}
+}
 V3_THREATSCORE_NOT_AN_OBJECT = {"threatscore": ["malicious"]}
 V3_VALUE_NOT_A_NUMBER = {"threatscore": {"value": "very high", "level": "malicious"}}
 

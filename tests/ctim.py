@@ -46,31 +46,41 @@ DESCRIBABLE = {"title", "description", "short_description"}
 SOURCABLE = {"source", "source_uri"}
 HIGH_MED_LOW = {"Info", "Low", "Medium", "High", "None", "Unknown"}
 INDICATOR_REQUIRED = BASE_REQUIRED | {"valid_time", "producer"}
-INDICATOR_OPTIONAL = BASE_OPTIONAL | DESCRIBABLE | SOURCABLE | {
-    "severity",
-    "negate",
-    "indicator_type",
-    "tags",
-    "composite_indicator_expression",
-    "likely_impact",
-    "confidence",
-    "kill_chain_phases",
-    "test_mechanisms",
-    "specification",
-}
+INDICATOR_OPTIONAL = (
+    BASE_OPTIONAL
+    | DESCRIBABLE
+    | SOURCABLE
+    | {
+        "severity",
+        "negate",
+        "indicator_type",
+        "tags",
+        "composite_indicator_expression",
+        "likely_impact",
+        "confidence",
+        "kill_chain_phases",
+        "test_mechanisms",
+        "specification",
+    }
+)
 SIGHTING_REQUIRED = BASE_REQUIRED | {"observed_time", "confidence", "count"}
-SIGHTING_OPTIONAL = BASE_OPTIONAL | DESCRIBABLE | SOURCABLE | {
-    "internal",
-    "severity",
-    "resolution",
-    "data",
-    "sensor",
-    "sensor_coordinates",
-    "targets",
-    "observables",
-    "relations",
-    "context",
-}
+SIGHTING_OPTIONAL = (
+    BASE_OPTIONAL
+    | DESCRIBABLE
+    | SOURCABLE
+    | {
+        "internal",
+        "severity",
+        "resolution",
+        "data",
+        "sensor",
+        "sensor_coordinates",
+        "targets",
+        "observables",
+        "relations",
+        "context",
+    }
+)
 RELATIONSHIP_REQUIRED = BASE_REQUIRED | {"relationship_type", "source_ref", "target_ref"}
 RELATIONSHIP_OPTIONAL = BASE_OPTIONAL | DESCRIBABLE | SOURCABLE
 COLUMN_TYPES = {"observable", "string", "markdown", "integer", "number", "url"}
@@ -137,7 +147,9 @@ def _check_keys(entity: dict, required: set[str], optional: set[str]) -> None:
 
 def _check_base(entity: dict, entity_type: str) -> None:
     assert entity["type"] == entity_type, entity
-    assert isinstance(entity["id"], str) and entity["id"].startswith("transient:") and len(entity["id"]) <= 2048
+    assert (
+        isinstance(entity["id"], str) and entity["id"].startswith("transient:") and len(entity["id"]) <= 2048
+    )
     assert re.fullmatch(r"\d+\.\d+\.\d+", entity["schema_version"])
     if "tlp" in entity:
         assert entity["tlp"] in TLPS
@@ -185,7 +197,11 @@ def check_data_table(table: dict) -> None:
     assert set(table) <= {"columns", "rows", "row_count"} and {"columns", "rows"} <= set(table), table
     assert table["columns"], "a data table has columns"
     for column in table["columns"]:
-        assert {"name", "type"} <= set(column) <= {"name", "type", "description", "required", "short_description"}
+        assert (
+            {"name", "type"}
+            <= set(column)
+            <= {"name", "type", "description", "required", "short_description"}
+        )
         assert isinstance(column["name"], str) and column["name"] and column["type"] in COLUMN_TYPES
     for row in table["rows"]:
         assert isinstance(row, list) and len(row) == len(table["columns"]), row

@@ -207,7 +207,6 @@ class FakeThreatscore:
             return Response(json.dumps(NOT_FOUND_BODY), status=404, content_type="application/json")
         return scripted.response()
 
-
     @staticmethod
     def _value_asked(method: str, raw_path: str, parsed: object) -> str | None:
         """The value a request asks about, whichever API it speaks; None for a wrong request."""

@@ -45,9 +45,16 @@ def test_the_score_api_keeps_its_own_defaults():
 @pytest.mark.parametrize("api", ["v3", "score"])
 def test_urls_given_win_over_the_backends_defaults(api):
     settings = Settings.from_env(
-        {"THREATSCORE_API": api, "THREATSCORE_API_URL": "https://ts.example/", "THREATSCORE_UI_URL": "https://ui.example"}
+        {
+            "THREATSCORE_API": api,
+            "THREATSCORE_API_URL": "https://ts.example/",
+            "THREATSCORE_UI_URL": "https://ui.example",
+        }
     )
-    assert (settings.threatscore_api_url, settings.threatscore_ui_url) == ("https://ts.example", "https://ui.example")
+    assert (settings.threatscore_api_url, settings.threatscore_ui_url) == (
+        "https://ts.example",
+        "https://ui.example",
+    )
 
 
 @pytest.mark.parametrize(

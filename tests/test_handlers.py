@@ -24,7 +24,11 @@ EVERY_V3_TYPE = [
     ("url", "HTTPS://Phish.Example/Login?Next=/", "https://phish.example/Login?Next=/"),
     ("md5", "D41D8CD98F00B204E9800998ECF8427E", "d41d8cd98f00b204e9800998ecf8427e"),
     ("sha1", "DA39A3EE5E6B4B0D3255BFEF95601890AFD80709", "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
-    ("sha256", "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    (
+        "sha256",
+        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ),
     ("user_agent", "Mozilla/5.0 (compatible; EvilBot/1.0)", "Mozilla/5.0 (compatible; EvilBot/1.0)"),
 ]
 
@@ -65,8 +69,12 @@ def test_deliberate_gives_verdicts_only(threatscore, v3_client):
 
 @pytest.mark.parametrize(("status", "body"), answers.V3_NO_DATA_FORMS)
 def test_nothing_known_is_an_empty_answer(threatscore, v3_client, status, body):
-    threatscore.answer("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", body, status=status)
-    payload = [{"type": "sha256", "value": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}]
+    threatscore.answer(
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", body, status=status
+    )
+    payload = [
+        {"type": "sha256", "value": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}
+    ]
     assert post(v3_client, OBSERVE, payload) == {"data": {}}
 
 
@@ -87,7 +95,10 @@ def test_refer_links_the_console_search_for_every_v3_type(threatscore, make_clie
         "Search for this SHA-256",
         "Search for this user agent",
     ]
-    assert all(entry["url"].startswith("https://console.threatscore.cyberprotect.cloud/search?query=") for entry in body["data"])
+    assert all(
+        entry["url"].startswith("https://console.threatscore.cyberprotect.cloud/search?query=")
+        for entry in body["data"]
+    )
     assert threatscore.total_calls == 0
 
 
@@ -104,7 +115,9 @@ def test_a_refusal_is_an_authorization_error_per_observable_and_never_cached(thr
         body = post(v3_client, OBSERVE, [{"type": "ip", "value": "203.0.113.5"}])
         [error] = body["errors"]
         assert error["code"] == "authorization error"
-        assert error["message"].startswith('203.0.113.5: Threatscore refused the relay (HTTP 403: "Blocked by IP filtering")')
+        assert error["message"].startswith(
+            '203.0.113.5: Threatscore refused the relay (HTTP 403: "Blocked by IP filtering")'
+        )
         assert "allow-listed" in error["message"]
     assert threatscore.calls_for("203.0.113.5") == 2  # asked again: a refusal is not cached
 
@@ -125,11 +138,17 @@ def test_health_fails_with_the_refusals_words(threatscore, make_client, api):
 
 def test_health_probes_the_v3_backend(threatscore, v3_client):
     assert post(v3_client, HEALTH) == {"data": {"status": "ok"}}  # "no data" is healthy
-    assert threatscore.requests_seen[0][:3] == ("POST", "/api/v3/observables/search/by-value", {"data": "127.0.0.100"})
+    assert threatscore.requests_seen[0][:3] == (
+        "POST",
+        "/api/v3/observables/search/by-value",
+        {"data": "127.0.0.100"},
+    )
 
 
 def test_a_2018_score_entry_is_an_aggregate_without_engines(threatscore, client):
-    threatscore.answer("old.example", {"data": "old.example", "scores": [{"date": "2018-10-12", "score": "0.99"}]})
+    threatscore.answer(
+        "old.example", {"data": "old.example", "scores": [{"date": "2018-10-12", "score": "0.99"}]}
+    )
     body = post(client, OBSERVE, [{"type": "domain", "value": "old.example"}])
     assert "errors" not in body
     [judgement] = body["data"]["judgements"]["docs"]
@@ -139,7 +158,9 @@ def test_a_2018_score_entry_is_an_aggregate_without_engines(threatscore, client)
 
 def test_an_answer_that_cannot_be_mapped_costs_that_observable_and_its_cache_entry(threatscore, client):
     # Year 9999 parses, but its validity end (7 days on) is past the calendar.
-    threatscore.answer("far.example", answers.with_scores(0.9, aggregate=0.9, date="9999-12-31T00:00:00.000Z"))
+    threatscore.answer(
+        "far.example", answers.with_scores(0.9, aggregate=0.9, date="9999-12-31T00:00:00.000Z")
+    )
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
     payload = [{"type": "domain", "value": "far.example"}, {"type": "ip", "value": "198.51.100.7"}]
     for _ in range(2):
@@ -158,7 +179,9 @@ def test_an_answer_that_cannot_be_mapped_costs_that_observable_and_its_cache_ent
 
 def test_a_lone_surrogate_in_an_engine_id_still_maps(threatscore, client):
     body = answers.with_scores(0.9, aggregate=0.9)
-    threatscore.answer("198.51.100.9", json.dumps(body).replace('"00000000000000000000000000000000"', '"\\ud800"'))
+    threatscore.answer(
+        "198.51.100.9", json.dumps(body).replace('"00000000000000000000000000000000"', '"\\ud800"')
+    )
     answer = post(client, OBSERVE, [{"type": "ip", "value": "198.51.100.9"}])
     assert "errors" not in answer
     assert answer["data"]["judgements"]["count"] == 2
@@ -171,7 +194,8 @@ def test_the_answer_never_passes_its_bound(threatscore, make_client):
     found = {"threatscore": {"value": 0.9, "level": "malicious", "categories": categories}, "analysis": rows}
     threatscore.answer("abcdefghij.example", found)
     spellings = [
-        "".join(char.upper() if bits >> index & 1 else char for index, char in enumerate("abcdefghij")) + ".example"
+        "".join(char.upper() if bits >> index & 1 else char for index, char in enumerate("abcdefghij"))
+        + ".example"
         for bits in range(1000)
     ]
     client = make_client(THREATSCORE_API="v3")

@@ -46,7 +46,9 @@ def test_with_v3_every_threatscore_type_is_kept_and_invalid_values_dropped():
         Observable("sha256", "AB" * 32, "ab" * 32),
         Observable("url", "HTTPS://Example.COM/Login?next=/", "https://example.com/Login?next=/"),
         Observable("user_agent", "Mozilla/5.0", "Mozilla/5.0"),
-        Observable("sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
+        Observable(
+            "sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        ),
     ]
 
 
@@ -58,7 +60,11 @@ def test_with_the_score_api_the_new_types_are_dropped_silently():
 
 def test_a_user_agent_longer_than_the_value_limit_is_refused():
     with pytest.raises(InvalidArgumentError, match="longer than 20 characters"):
-        parse([{"type": "user_agent", "value": "M" * 21}], max_value_length=20, supported_types=TYPES_BY_API["v3"])
+        parse(
+            [{"type": "user_agent", "value": "M" * 21}],
+            max_value_length=20,
+            supported_types=TYPES_BY_API["v3"],
+        )
 
 
 def test_repeats_collapse_and_other_spellings_share_one_lookup_key():

@@ -102,7 +102,9 @@ class EntityBuilder:
         """
         valid_time = self._valid_times.get(scored_at)
         if valid_time is None:
-            start, start_time = (self.now, ctim_time(self.now)) if scored_at is None else parsed_time(scored_at)
+            start, start_time = (
+                (self.now, ctim_time(self.now)) if scored_at is None else parsed_time(scored_at)
+            )
             end = max(start, self.now) + timedelta(days=self.options.valid_days)
             valid_time = self._valid_times[scored_at] = {"start_time": start_time, "end_time": ctim_time(end)}
         return valid_time

@@ -34,7 +34,9 @@ def map_score_answer(
         disposition = disposition_for(newest_scored["score"])
         level = newest_scored["level"] or DISPOSITION_NAMES[disposition].lower()
         reason = f"Threatscore score {newest_scored['score']:.2f} ({level})"
-        aggregate = build.judgement("aggregate", newest_scored["date"], newest_scored["score"], reason, disposition)
+        aggregate = build.judgement(
+            "aggregate", newest_scored["date"], newest_scored["score"], reason, disposition
+        )
         entities.judgements.append(aggregate)
         entities.verdicts.append(verdict(aggregate))
     for entry in entries:

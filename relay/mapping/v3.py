@@ -65,7 +65,9 @@ def map_v3_answer(
             entities.judgements.append(judgement)
 
     indicators = [
-        build.indicator("category", name, f"Threatscore category: {name}", f"Threatscore classifies it as {name}")
+        build.indicator(
+            "category", name, f"Threatscore category: {name}", f"Threatscore classifies it as {name}"
+        )
         for name in answer["categories"]
     ]
     for flag in answer["flags"]:

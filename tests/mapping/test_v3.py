@@ -90,7 +90,11 @@ def test_one_indicator_per_category_and_per_true_flag_with_english_names():
             "start_time": "2026-11-28T12:00:00.000Z",
             "end_time": "2026-12-05T12:00:00.000Z",
         }
-        assert (indicator["tlp"], indicator["confidence"], indicator["severity"]) == ("white", "Medium", "Medium")
+        assert (indicator["tlp"], indicator["confidence"], indicator["severity"]) == (
+            "white",
+            "Medium",
+            "Medium",
+        )
 
 
 def test_a_false_flag_gives_no_indicator():
@@ -126,7 +130,9 @@ def test_the_sighting_says_when_and_what_threatscore_saw():
     assert sighting["count"] == 1
     assert sighting["observables"] == [{"type": "url", "value": "HTTP://Example.COM/login"}]  # as sent
     assert sighting["source"] == "Threatscore Cyberprotect"
-    assert sighting["source_uri"] == "https://ui.threatscore.test/search?query=http%3A%2F%2Fexample.com%2Flogin"
+    assert (
+        sighting["source_uri"] == "https://ui.threatscore.test/search?query=http%3A%2F%2Fexample.com%2Flogin"
+    )
     assert sighting["data"] == {
         "columns": [
             {"name": "Country", "type": "string"},
@@ -147,7 +153,10 @@ def test_the_sighting_says_when_and_what_threatscore_saw():
         ({"last_seen": "2025-05-05T05:05:05Z"}, ("2025-05-05T05:05:05.000Z", "2025-05-05T05:05:05.000Z")),
         ({}, ("2026-11-28T12:00:00.000Z", "2026-11-28T12:00:00.000Z")),  # the lookup time
         # Upstream's order mixed up: start still before end.
-        ({"first_seen": "2025-01-02", "last_seen": "2025-01-01"}, ("2025-01-01T00:00:00.000Z", "2025-01-02T00:00:00.000Z")),
+        (
+            {"first_seen": "2025-01-02", "last_seen": "2025-01-01"},
+            ("2025-01-01T00:00:00.000Z", "2025-01-02T00:00:00.000Z"),
+        ),
     ],
 )
 def test_observed_time_when_a_date_is_missing(seen, expected):
@@ -221,9 +230,14 @@ def test_the_entities_limit_applies_to_each_kind_and_never_cuts_what_is_named():
     options = MappingOptions(ui_url=OPTIONS.ui_url, valid_days=7, entities_limit=3)
     entities = mapped(body, options=options)
     as_answer(entities)  # every relationship names a listed entity
-    assert len(entities.judgements) == 3 and entities.verdicts[0]["judgement_id"] == entities.judgements[0]["id"]
+    assert (
+        len(entities.judgements) == 3 and entities.verdicts[0]["judgement_id"] == entities.judgements[0]["id"]
+    )
     # The newest rows are the ones kept.
-    assert [j["valid_time"]["start_time"][:10] for j in entities.judgements[1:]] == ["2025-01-10", "2025-01-09"]
+    assert [j["valid_time"]["start_time"][:10] for j in entities.judgements[1:]] == [
+        "2025-01-10",
+        "2025-01-09",
+    ]
     assert [i["tags"][0] for i in entities.indicators] == categories[:3]
     assert len(entities.relationships) == 3
     kept = {i["id"] for i in entities.indicators}

@@ -57,7 +57,7 @@ def test_the_request_is_a_post_of_exactly_the_value_as_json(threatscore, v3_clie
 
 
 @pytest.mark.parametrize(
-    "value", ["https://example.com/a?b=c#d", "Mozilla/5.0 (X11) \"quoted\" ü", "x/../../admin?q=1#", "ab" * 32]
+    "value", ["https://example.com/a?b=c#d", 'Mozilla/5.0 (X11) "quoted" ü', "x/../../admin?q=1#", "ab" * 32]
 )
 def test_any_value_travels_in_the_body_as_it_is(threatscore, v3_client, value):
     threatscore.answer(value, answers.V3_SAFE_BARE)
@@ -129,7 +129,10 @@ def test_a_long_error_message_is_cut(threatscore, v3_client):
         ({"threatscore": {"value": 0.5}, "analysis": [{"id": "a", "score": 0.5}]}, "without a date"),
         ({"threatscore": {"value": 0.5}, "analysis": "none"}, "analysis"),
         # Overflows: a year past the calendar after the offset, a score of thousands of digits.
-        ({"threatscore": {"value": 0.5}, "observable": {"last_seen": "9999-12-31T23:30:00-01:00"}}, "last_seen"),
+        (
+            {"threatscore": {"value": 0.5}, "observable": {"last_seen": "9999-12-31T23:30:00-01:00"}},
+            "last_seen",
+        ),
         ({"threatscore": {"value": 0.5}, "observable": {"last_seen": 10**20}}, "last_seen"),
         ({"threatscore": {"value": 10**400}}, "value"),
         ([], "JSON something else"),
@@ -193,7 +196,9 @@ def test_an_api_key_is_sent_as_a_bearer_token(threatscore, make_v3_client):
 
 def test_an_api_key_goes_in_the_header_named(threatscore, make_v3_client):
     threatscore.answer(VALUE, answers.V3_FOUND)
-    client = make_v3_client(threatscore_api_key="k3y-of-a-licensed-account", threatscore_api_key_header="X-Api-Key")
+    client = make_v3_client(
+        threatscore_api_key="k3y-of-a-licensed-account", threatscore_api_key_header="X-Api-Key"
+    )
     client.score(VALUE)
     headers = threatscore.requests_seen[0][3]
     assert headers["X-Api-Key"] == "k3y-of-a-licensed-account" and "Authorization" not in headers
@@ -213,7 +218,9 @@ def test_the_factory_picks_the_configured_api(threatscore):
 
 def test_the_score_api_refusal_reads_the_same(threatscore):
     threatscore.answer(VALUE, answers.REFUSED_403_TEXT, status=403, content_type="text/plain")
-    client = ScoreClient(Settings(threatscore_api="score", threatscore_api_url=threatscore.url), requests.Session())
+    client = ScoreClient(
+        Settings(threatscore_api="score", threatscore_api_url=threatscore.url), requests.Session()
+    )
     error = error_of(client)
     assert error.code == "authorization error"
     assert error.message.startswith('Threatscore refused the relay (HTTP 403: "Blocked by IP filtering")')
