@@ -128,12 +128,12 @@ class Handlers:
                 docs[kind].extend(kind_docs)
             indicator_ids.update(indicator["id"] for indicator in new.get("indicators", ()))
         if left_out:
-            errors.append(
-                AnswerTooLargeError(
-                    f"The answer would be larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MB: the entities"
-                    f" of {left_out} observable(s) are left out; ask about fewer observables at a time"
-                )
+            too_large = AnswerTooLargeError(
+                f"The answer would be larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MB: the entities"
+                f" of {left_out} observable(s) are left out; ask about fewer observables at a time"
             )
+            errors.append(too_large)
+            context.stats.count_error(too_large.code, too_large.message)
         data = {
             kind: {"count": len(kind_docs), "docs": kind_docs}
             for kind, kind_docs in docs.items()
