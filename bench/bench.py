@@ -4,6 +4,9 @@ It starts the Threatscore simulator (simulator/, in this process) that
 sleeps a set latency per call and counts the calls it receives, and the relay
 as real `functions-framework --target=relay` processes (RELAY_AUTH=none,
 functions-framework's default server: gunicorn, 1 worker, 4 x cores threads).
+Cases A-F run for each backend (THREATSCORE_API=score, then v3), side by side
+in the one table; the v3 answer is a found one with every field, so that its
+mapping (indicators, sighting, relationships) is part of what is measured.
 The yardsticks are trivial functions served the same way (bench/trivial*.py).
 
 Every target is a ratio or a count, so that a noisy machine moves both sides.
@@ -45,9 +48,21 @@ OBSERVE = "/observe/observables"
 DEFAULT_CONCURRENCY = 10  # THREATSCORE_MAX_CONCURRENCY's default
 
 
+@dataclass(frozen=True)
+class Backend:
+    """THREATSCORE_API and the found answer the fake gives every value."""
+
+    api: str
+    found: dict
+
+
+BACKENDS = (Backend("score", answers.FOUR_ENGINES), Backend("v3", answers.V3_FOUND))
+
+
 @dataclass
 class Row:
     case: str
+    backend: str
     what: str
     measured: str
     target: str
@@ -215,11 +230,13 @@ def incomplete_note(ok: bool) -> str:
     return "" if ok else ", INCOMPLETE answer"
 
 
-def cases_a_b_c(fake: ThreatscoreSimulator, relay: Function, sequential: Function, args) -> list[Row]:
+def cases_a_b_c(
+    fake: ThreatscoreSimulator, relay: Function, sequential: Function, backend: Backend, args
+) -> list[Row]:
     """A: a batch, cold; B: the same, warm; C: A with concurrency 1."""
     values = [f"10.0.{index // 256}.{index % 256}" for index in range(args.observables)]
     for value in values:
-        fake.answer(value, answers.FOUR_ENGINES)
+        fake.answer(value, backend.found)
     batch = observables(values)
     rounds = math.ceil(args.observables / DEFAULT_CONCURRENCY)
 
@@ -239,6 +256,7 @@ def cases_a_b_c(fake: ThreatscoreSimulator, relay: Function, sequential: Functio
     return [
         Row(
             "A",
+            backend.api,
             f"{args.observables} distinct observables, cold cache",
             f"{cold:.3f} s ({calls_a} upstream calls){incomplete_note(ok_a)}",
             f"≤ {limit_a:.3f} s (1.3 × {rounds} × {args.latency * 1000:g} ms)",
@@ -246,6 +264,7 @@ def cases_a_b_c(fake: ThreatscoreSimulator, relay: Function, sequential: Functio
         ),
         Row(
             "B",
+            backend.api,
             "the same again, warm cache",
             f"{warm * 1000:.1f} ms = {100 * warm / cold:.1f} % of A, {calls_b} upstream calls"
             f"{incomplete_note(ok_b)}",
@@ -254,6 +273,7 @@ def cases_a_b_c(fake: ThreatscoreSimulator, relay: Function, sequential: Functio
         ),
         Row(
             "C",
+            backend.api,
             "A with THREATSCORE_MAX_CONCURRENCY=1",
             f"{one_at_a_time:.3f} s; A / C = {cold / one_at_a_time:.3f}{incomplete_note(ok_c)}",
             "A / C ≤ 0.15",
@@ -262,10 +282,10 @@ def cases_a_b_c(fake: ThreatscoreSimulator, relay: Function, sequential: Functio
     ]
 
 
-def case_d(fake: ThreatscoreSimulator, relay: Function, trivial: Function, args) -> Row:
+def case_d(fake: ThreatscoreSimulator, relay: Function, trivial: Function, backend: Backend, args) -> Row:
     """Requests per second for one cached observable. Short runs of the relay and of the trivial
     function in turn, so that whatever else the machine does weighs on both alike."""
-    fake.answer("192.0.2.10", answers.FOUR_ENGINES)
+    fake.answer("192.0.2.10", backend.found)
     cached = observables(["192.0.2.10"])
     post(relay.port, cached)  # now cached
     for port in (relay.port, trivial.port):  # keep-alive connections and server threads up
@@ -277,6 +297,7 @@ def case_d(fake: ThreatscoreSimulator, relay: Function, trivial: Function, args)
     ratio = statistics.median(r / t for r, t in zip(relay_rates, trivial_rates, strict=True))
     return Row(
         "D",
+        backend.api,
         f"1 cached observable, {args.clients} keep-alive clients, req/s"
         f" (median of {args.pairs} paired {args.throughput_seconds:g} s runs)",
         f"{statistics.median(relay_rates):.0f} req/s = {100 * ratio:.0f} % of trivial"
@@ -288,10 +309,10 @@ def case_d(fake: ThreatscoreSimulator, relay: Function, trivial: Function, args)
     )
 
 
-def case_f(fake: ThreatscoreSimulator, relay: Function, args) -> Row:
+def case_f(fake: ThreatscoreSimulator, relay: Function, backend: Backend, args) -> Row:
     """A stampede: many requests at once for one observable nobody has asked about yet."""
     value = "192.0.2.20"
-    fake.answer(value, answers.FOUR_ENGINES)
+    fake.answer(value, backend.found)
     gate = threading.Barrier(args.stampede)
     bodies: list[dict] = []
 
@@ -310,6 +331,7 @@ def case_f(fake: ThreatscoreSimulator, relay: Function, args) -> Row:
     answered = sum(1 for body in bodies if complete(body, 1))
     return Row(
         "F",
+        backend.api,
         f"{args.stampede} concurrent requests, one cold observable",
         f"{calls} upstream call; {answered} answered in {seconds:.2f} s",
         "1 upstream call",
@@ -317,43 +339,87 @@ def case_f(fake: ThreatscoreSimulator, relay: Function, args) -> Row:
     )
 
 
-def case_e(fake: ThreatscoreSimulator, relay_env: dict[str, str], args) -> Row:
-    """Cold starts with upstream latency 0, interleaved so that drift hits every kind alike."""
+def case_e(fake: ThreatscoreSimulator, relay_env: dict[str, str], args) -> list[Row]:
+    """Cold starts with upstream latency 0, interleaved so that drift hits every kind alike
+    (the relay with each backend, and the yardsticks)."""
     fake.latency = 0.0
-    fake.answer("192.0.2.30", answers.FOUR_ENGINES)
     probe = observables(["192.0.2.30"])
     # Bytecode on: the first, discarded round writes the .pyc files that every later start reads,
     # as a deployed image that carries them would.
     bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
     kinds = {
-        "relay": (ROOT / "main.py", "relay", {**relay_env, **bytecode}, lambda body: complete(body, 1)),
-        "trivial with deps": (
-            ROOT / "bench" / "trivial_with_deps.py",
-            "trivial",
-            bytecode,
-            lambda body: True,
-        ),
-        "bare trivial": (ROOT / "bench" / "trivial.py", "trivial", bytecode, lambda body: True),
+        f"relay {backend.api}": (
+            ROOT / "main.py",
+            "relay",
+            {**relay_env, "THREATSCORE_API": backend.api, **bytecode},
+            lambda body: complete(body, 1),
+        )
+        for backend in BACKENDS
     }
+    kinds["trivial with deps"] = (
+        ROOT / "bench" / "trivial_with_deps.py",
+        "trivial",
+        bytecode,
+        lambda body: True,
+    )
+    kinds["bare trivial"] = (ROOT / "bench" / "trivial.py", "trivial", bytecode, lambda body: True)
     starts: dict[str, list[float]] = {kind: [] for kind in kinds}
     for attempt in range(args.starts + 1):
         for kind, (source, target, env, answered) in kinds.items():
+            if kind.startswith("relay "):
+                # Each backend's own found answer (its cache starts empty: one real lookup).
+                fake.answer("192.0.2.30", next(b.found for b in BACKENDS if kind == f"relay {b.api}"))
             name = f"cold-{kind.replace(' ', '-')}"
             seconds = first_answer_after_launch(name, source, target, env, probe, answered)
             if attempt > 0:  # the first round warms the disk cache and writes .pyc files
                 starts[kind].append(seconds)
     medians = {kind: statistics.median(times) for kind, times in starts.items()}
-    versus_deps = medians["relay"] / medians["trivial with deps"]
-    versus_bare = medians["relay"] / medians["bare trivial"]
-    return Row(
-        "E",
-        f"cold start to the first answered observe (median of {args.starts})",
-        f"{medians['relay'] * 1000:.0f} ms = {versus_deps:.2f} × trivial with deps"
-        f" ({medians['trivial with deps'] * 1000:.0f} ms); {versus_bare:.2f} × bare trivial"
-        f" ({medians['bare trivial'] * 1000:.0f} ms)",
-        "≤ 1.1 × trivial with deps",
-        versus_deps <= 1.1,
+    rows = []
+    for backend in BACKENDS:
+        relay = medians[f"relay {backend.api}"]
+        versus_deps = relay / medians["trivial with deps"]
+        versus_bare = relay / medians["bare trivial"]
+        rows.append(
+            Row(
+                "E",
+                backend.api,
+                f"cold start to the first answered observe (median of {args.starts})",
+                f"{relay * 1000:.0f} ms = {versus_deps:.2f} × trivial with deps"
+                f" ({medians['trivial with deps'] * 1000:.0f} ms); {versus_bare:.2f} × bare trivial"
+                f" ({medians['bare trivial'] * 1000:.0f} ms)",
+                "≤ 1.1 × trivial with deps",
+                versus_deps <= 1.1,
+            )
+        )
+    return rows
+
+
+def cases_a_to_f_but_e(
+    fake: ThreatscoreSimulator, trivial: Function, relay_env: dict[str, str], backend: Backend, args
+) -> list[Row]:
+    """A-D and F against relay processes of one backend (E is measured for both at once)."""
+    relay = Function(f"relay-{backend.api}", ROOT / "main.py", "relay", relay_env)
+    sequential = Function(
+        f"relay-{backend.api}-concurrency-1",
+        ROOT / "main.py",
+        "relay",
+        {**relay_env, "THREATSCORE_MAX_CONCURRENCY": "1"},
     )
+    try:
+        for function in (relay, sequential, trivial):
+            function.wait_until_serving()
+        # Warm the processes (first request, connections to the fake), not their caches.
+        fake.answer("192.0.2.1", backend.found)
+        for function in (relay, sequential, trivial):
+            post(function.port, observables(["192.0.2.1"]))
+        rows = cases_a_b_c(fake, relay, sequential, backend, args)
+        sequential.stop()
+        rows.append(case_d(fake, relay, trivial, backend, args))
+        rows.append(case_f(fake, relay, backend, args))
+        return rows
+    finally:
+        relay.stop()
+        sequential.stop()
 
 
 def main() -> int:
@@ -377,38 +443,23 @@ def main() -> int:
         "THREATSCORE_MAX_CONCURRENCY": str(DEFAULT_CONCURRENCY),
     }
     functions: list[Function] = []
+    rows: list[Row] = []
     try:
-        relay = Function("relay", ROOT / "main.py", "relay", relay_env)
-        functions.append(relay)
-        sequential = Function(
-            "relay-concurrency-1",
-            ROOT / "main.py",
-            "relay",
-            {**relay_env, "THREATSCORE_MAX_CONCURRENCY": "1"},
-        )
-        functions.append(sequential)
         trivial = Function("trivial", ROOT / "bench" / "trivial.py", "trivial", {})
         functions.append(trivial)
-        for function in functions:
-            function.wait_until_serving()
-        # Warm the processes (first request, connections to the fake), not their caches.
-        fake.answer("192.0.2.1", answers.FOUR_ENGINES)
-        for function in functions:
-            post(function.port, observables(["192.0.2.1"]))
-
-        rows = cases_a_b_c(fake, relay, sequential, args)
-        sequential.stop()
-        rows.append(case_d(fake, relay, trivial, args))
+        for backend in BACKENDS:
+            fake.reset()  # call counts per backend
+            rows += cases_a_to_f_but_e(
+                fake, trivial, {**relay_env, "THREATSCORE_API": backend.api}, backend, args
+            )
         trivial.stop()
-        rows.append(case_f(fake, relay, args))
-        relay.stop()
-        rows.append(case_e(fake, relay_env, args))
+        rows += case_e(fake, relay_env, args)
     finally:
         for function in functions:
             function.stop()
         fake.stop()
 
-    rows.sort(key=lambda row: row.case)
+    rows.sort(key=lambda row: (row.case, [b.api for b in BACKENDS].index(row.backend)))
     table = render(rows, args)
     print(table)
     (RESULTS / "latest.md").write_text(table + "\n")
@@ -417,10 +468,11 @@ def main() -> int:
 
 def render(rows: list[Row], args: argparse.Namespace) -> str:
     lines = [
-        "| case | what | measured | target | result |",
-        "|---|---|---|---|---|",
+        "| case | backend | what | measured | target | result |",
+        "|---|---|---|---|---|---|",
         *(
-            f"| {row.case} | {row.what} | {row.measured} | {row.target} | {_verdict(row.passed)} |"
+            f"| {row.case} | {row.backend} | {row.what} | {row.measured} | {row.target}"
+            f" | {_verdict(row.passed)} |"
             for row in rows
         ),
         "",

@@ -298,6 +298,8 @@ def run_load(config: LoadConfig, log_dir: Path | None = None, progress=None) -> 
     fake.fallback(found_answer)
     fake.inject_faults(config.fault_rate, upstream_faults(read_timeout), seed=config.seed)
     env = {
+        # Its answers are shaped like the score API's.
+        "THREATSCORE_API": "score",
         "THREATSCORE_API_URL": fake.url,
         "THREATSCORE_TIMEOUT": f"{read_timeout:g}",
         "RELAY_DEADLINE": "5",

@@ -56,6 +56,9 @@ class AnswerCache(Protocol):
     def put(self, key: str, answer: dict | None) -> None:
         """Remember `answer` (None = "no data", kept for the negative TTL)."""
 
+    def forget(self, key: str) -> None:
+        """Drop what is remembered for `key` (an answer the relay could not map)."""
+
 
 class NoCache:
     """Caching disabled: every lookup is a miss."""
@@ -64,6 +67,9 @@ class NoCache:
         return None
 
     def put(self, key: str, answer: dict | None) -> None:
+        return None
+
+    def forget(self, key: str) -> None:
         return None
 
 
@@ -105,6 +111,10 @@ class MemoryCache:
                 self._entries.pop(key, None)
                 return
             self._entries[key] = CacheHit(answer)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
 
     def __len__(self) -> int:
         with self._lock:
@@ -173,6 +183,14 @@ class RedisCache:
             self._client.set(_redis_key(key), value.encode(), px=max(1, round(ttl * 1000)))
         except Exception as exc:  # noqa: BLE001 - the cache must never fail a lookup
             self._failed("write", exc)
+
+    def forget(self, key: str) -> None:
+        if self._skipping():
+            return
+        try:
+            self._client.delete(_redis_key(key))
+        except Exception as exc:  # noqa: BLE001 - the cache must never fail a lookup
+            self._failed("delete", exc)
 
     @property
     def server(self) -> str:

@@ -31,6 +31,7 @@ from relay.config import ConfigError, Settings, declared_settings
 from relay.errors import RelayError
 from relay.handlers import RequestContext
 from relay.logs import redact
+from relay.observables import TYPES_BY_API
 from relay.schemas import INVALID_VALUE, UNSUPPORTED_TYPE, parse_observables
 from relay.threatscore import ScoreSource
 
@@ -206,7 +207,11 @@ def run_lookup(args: argparse.Namespace) -> int:
     dropped: list[tuple[int, str]] = []
     try:
         observables = parse_observables(
-            body.encode(), settings.max_observables, settings.max_value_length, dropped
+            body.encode(),
+            settings.max_observables,
+            settings.max_value_length,
+            TYPES_BY_API[settings.threatscore_api],
+            dropped,
         )
     except RelayError as error:
         raise UsageError(error.message) from None

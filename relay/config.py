@@ -13,6 +13,7 @@ lists the settings.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +22,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 AUTH_MODES = ("jwks", "secret", "none")
+# Threatscore's APIs: `v3` (Cyberprotect's current one) and `score` (2020-2022).
+THREATSCORE_APIS = ("v3", "score")
+# Where each API lives and where its web console links go, unless THREATSCORE_API_URL /
+# THREATSCORE_UI_URL say otherwise.
+BACKEND_DEFAULT_URLS = {
+    "v3": ("https://api.threatscore.cyberprotect.cloud", "https://console.threatscore.cyberprotect.cloud"),
+    "score": ("https://threatscore.cyberprotect.cloud", "https://threatscore.cyberprotect.cloud"),
+}
 DEFAULT_JWKS_HOSTS = (
     "visibility.amp.cisco.com",
     "visibility.eu.amp.cisco.com",
@@ -100,6 +109,30 @@ def auth_mode(raw: str) -> str:
     return mode
 
 
+def threatscore_api(raw: str) -> str:
+    api = raw.lower()
+    if api not in THREATSCORE_APIS:
+        raise ConfigError(f"must be one of {', '.join(THREATSCORE_APIS)}, got {raw!r}")
+    return api
+
+
+def header_name(raw: str) -> str:
+    # An HTTP token (RFC 9110): what a header's name may be made of.
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", raw):
+        raise ConfigError(f"must be an HTTP header name, got {raw!r}")
+    return raw
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def host_list(raw: str) -> tuple[str, ...]:
     hosts = tuple(host.strip().lower() for host in raw.split(",") if host.strip())
     if not hosts:
@@ -175,12 +208,14 @@ def declared_settings() -> list[DeclaredSetting]:
 @dataclass(frozen=True)
 class Settings:
     # Threatscore
-    threatscore_api_url: str = setting(
-        "THREATSCORE_API_URL", http_url, "https://threatscore.cyberprotect.cloud"
-    )
-    threatscore_ui_url: str = setting(
-        "THREATSCORE_UI_URL", http_url, "https://threatscore.cyberprotect.cloud"
-    )
+    threatscore_api: str = setting("THREATSCORE_API", threatscore_api, "v3")
+    # None: the chosen API's own address (BACKEND_DEFAULT_URLS), filled in by __post_init__.
+    threatscore_api_url: str = setting("THREATSCORE_API_URL", http_url, None)
+    threatscore_ui_url: str = setting("THREATSCORE_UI_URL", http_url, None)
+    # For licensed accounts given a key: sent as `Authorization: Bearer <key>`, or as the
+    # value of the header THREATSCORE_API_KEY_HEADER names.
+    threatscore_api_key: str | None = setting("THREATSCORE_API_KEY", text, None, secret=True)
+    threatscore_api_key_header: str | None = setting("THREATSCORE_API_KEY_HEADER", header_name, None)
     # (connect, read) seconds: `THREATSCORE_TIMEOUT=5` or `3,10`.
     threatscore_timeout: tuple[float, float] = setting("THREATSCORE_TIMEOUT", timeouts, (3.0, 5.0))
     threatscore_max_concurrency: int = setting("THREATSCORE_MAX_CONCURRENCY", positive_int, 10)
@@ -226,7 +261,23 @@ class Settings:
     service_name: str = setting("K_SERVICE", text, "relay")
 
     def __post_init__(self) -> None:
+        # Defaults that depend on the backend. Note that `dataclasses.replace(settings,
+        # threatscore_api=...)` keeps the URLs already filled in: give them too.
+        default_api_url, default_ui_url = BACKEND_DEFAULT_URLS[self.threatscore_api]
+        if self.threatscore_api_url is None:
+            object.__setattr__(self, "threatscore_api_url", default_api_url)
+        if self.threatscore_ui_url is None:
+            object.__setattr__(self, "threatscore_ui_url", default_ui_url)
         # Rules between settings; each setting's own rules are its parser's.
+        if (
+            self.threatscore_api_key
+            and urlsplit(self.threatscore_api_url).scheme != "https"
+            and not is_loopback_url(self.threatscore_api_url)
+        ):
+            raise ConfigError(
+                "THREATSCORE_API_KEY is only sent over https:// (or to a loopback address):"
+                " THREATSCORE_API_URL is plain http://"
+            )
         if self.relay_auth == "secret":
             if not self.secret:
                 raise ConfigError("RELAY_AUTH=secret needs RELAY_SECRET")

@@ -38,6 +38,13 @@ class AuthorizationError(RelayError):
         self.reason = reason
 
 
+class UpstreamRefusedError(RelayError):
+    """Threatscore refused the relay itself (HTTP 401/403): no lookup can succeed until the
+    operator acts, so the message says what to do."""
+
+    code = "authorization error"
+
+
 class NotFoundError(RelayError):
     code = "not found"
 
@@ -86,6 +93,28 @@ class HealthCheckError(RelayError):
 
 class InternalError(RelayError):
     code = "internal error"
+
+
+class AnswerTooLargeError(RelayError):
+    """The entities of some observables were left out so that the answer stays within bounds."""
+
+    code = "answer too large"
+    error_type = "warning"
+
+
+# Upstream words quoted in a message are cut to this many characters.
+QUOTE_LIMIT = 200
+
+
+def cleaned(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Text from upstream made fit to quote: one line of printable characters (controls,
+    lone surrogates and runs of white space become one space), at most `limit` characters."""
+    words = "".join(
+        char if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF else " "
+        for char in text[: limit * 4]
+    )
+    words = " ".join(words.split())
+    return words if len(words) <= limit else words[: limit - 1] + "…"
 
 
 def envelope(errors: list[RelayError], data: dict | list | None = None) -> dict:

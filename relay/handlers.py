@@ -1,26 +1,38 @@
 """Endpoint handlers: observables in, an XDR answer body out.
 
 The handlers share one `Lookup` (the answer cache in front of the Threatscore
-client) and the CTIM mapper. Everything about one request travels in its
+client) and the CTIM mapping. Everything about one request travels in its
 `RequestContext`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+import orjson
+
 from relay.config import Settings
-from relay.errors import HealthCheckError, RelayError, envelope
+from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, RelayError, envelope
 from relay.logs import RequestStats
 from relay.lookup import Lookup
-from relay.mapper import MappingOptions, map_answer, search_url
-from relay.observables import SUPPORTED_TYPES, Observable, canonical_value
+from relay.mapping import MappingOptions, ObservableEntities, map_answer, search_url
+from relay.observables import TYPE_NAMES, TYPES_BY_API, Observable, canonical_value
 from relay.version import VERSION
 
+logger = logging.getLogger(__name__)
+
 REFER_MODULE = "threatscore"
+# The entity lists of /observe, in the order they are listed.
+ENTITY_KINDS = ("verdicts", "judgements", "indicators", "sightings", "relationships")
+# An answer never grows past this: the entities of the observables that would pass it are
+# left out (with a warning saying so). XDR and the function's own response limit (32 MB on
+# Cloud Functions) are both well above it.
+MAX_ANSWER_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,20 +66,22 @@ class Handlers:
     def __init__(self, settings: Settings, lookup: Lookup):
         self._settings = settings
         self._lookup = lookup
-        self._health_probe = health_probe(settings.health_observable)
+        # The types the configured Threatscore API looks up (parse_observables keeps only these).
+        self.supported_types = TYPES_BY_API[settings.threatscore_api]
+        self._health_probe = health_probe(settings.health_observable, self.supported_types)
 
     def observe(self, observables: list[Observable], context: RequestContext) -> dict:
-        return self._enrich(observables, context, with_judgements=True)
+        return self._enrich(observables, context, ENTITY_KINDS)
 
     def deliberate(self, observables: list[Observable], context: RequestContext) -> dict:
-        return self._enrich(observables, context, with_judgements=False)
+        return self._enrich(observables, context, ("verdicts",))
 
     def refer(self, observables: list[Observable], context: RequestContext) -> dict:
         return {"data": [self._reference(observable) for observable in observables]}
 
     def health(self, context: RequestContext) -> dict:
-        """A real probe of Threatscore, never answered from the cache: "no data" is healthy,
-        any failure says what failed."""
+        """A real probe of the configured Threatscore API, never answered from the cache:
+        "no data" is healthy, any failure (a refusal too) says what failed."""
         error = self._lookup.probe(self._health_probe, context.deadline, context.stats).error
         if error is not None:
             failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
@@ -78,37 +92,59 @@ class Handlers:
     def version(self) -> dict:
         return {"version": VERSION}
 
-    def _enrich(self, observables: list[Observable], context: RequestContext, with_judgements: bool) -> dict:
+    def _enrich(self, observables: list[Observable], context: RequestContext, kinds: tuple[str, ...]) -> dict:
         outcomes = self._lookup.look_up(observables, context.deadline, context.stats)
         options = MappingOptions(
-            now=context.now,
             ui_url=self._settings.threatscore_ui_url,
             valid_days=self._settings.ctim_valid_days,
             entities_limit=context.entities_limit,
         )
-        verdicts: list[dict] = []
-        judgements: list[dict] = []
+        docs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+        indicator_ids: set[str] = set()  # an indicator shared by observables is listed once
         errors: list[RelayError] = []
+        size, left_out = 0, 0
         for observable in observables:
             outcome = outcomes[observable.cache_key]
             if outcome.error is not None:
                 errors.append(outcome.error.about(observable.value))
                 context.stats.count_error(outcome.error.code, outcome.error.message)
                 continue
-            entities = map_answer(observable, outcome.answer, options)
-            verdicts.extend(entities.verdicts)
-            if with_judgements:
-                judgements.extend(entities.judgements)
-        data = {}
-        for key, docs in (("verdicts", verdicts), ("judgements", judgements)):
-            if docs:
-                data[key] = {"count": len(docs), "docs": docs}
+            try:
+                entities = map_answer(observable, outcome.answer, options, now=context.now)
+            except Exception:  # one answer the relay cannot map costs that observable only
+                logger.exception("mapping a Threatscore answer to CTIM failed")
+                self._lookup.forget(observable.cache_key)  # ask again next time
+                error = InternalError("the relay could not map Threatscore's answer to CTIM")
+                errors.append(error.about(observable.value))
+                context.stats.count_error(error.code, error.message)
+                continue
+            new = _new_docs(entities, kinds, indicator_ids)
+            added = _size(new)
+            if size + added > MAX_ANSWER_BYTES:
+                left_out += 1
+                continue
+            size += added
+            for kind, kind_docs in new.items():
+                docs[kind].extend(kind_docs)
+            indicator_ids.update(indicator["id"] for indicator in new.get("indicators", ()))
+        if left_out:
+            too_large = AnswerTooLargeError(
+                f"The answer would be larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MB: the entities"
+                f" of {left_out} observable(s) are left out; ask about fewer observables at a time"
+            )
+            errors.append(too_large)
+            context.stats.count_error(too_large.code, too_large.message)
+        data = {
+            kind: {"count": len(kind_docs), "docs": kind_docs}
+            for kind, kind_docs in docs.items()
+            if kind_docs
+        }
         if errors:
             return envelope(errors, data)
         return {"data": data}
 
     def _reference(self, observable: Observable) -> dict:
-        type_name = SUPPORTED_TYPES[observable.type]
+        type_name = TYPE_NAMES[observable.type]
         return {
             "id": f"ref-{REFER_MODULE}-search-{observable.type}-{quote(observable.value, safe='')}",
             "title": f"Search for this {type_name}",
@@ -118,10 +154,28 @@ class Handlers:
         }
 
 
-def health_probe(value: str) -> Observable:
+def _new_docs(entities: ObservableEntities, kinds: tuple[str, ...], listed_indicators: set[str]) -> dict:
+    """One observable's docs of `kinds`, less the indicators the answer already lists."""
+    new = {kind: getattr(entities, kind) for kind in kinds}
+    if "indicators" in new:
+        new["indicators"] = [doc for doc in new["indicators"] if doc["id"] not in listed_indicators]
+    return new
+
+
+def _size(docs: dict[str, list[dict]]) -> int:
+    """Bytes the docs add to the answer's JSON."""
+    try:
+        return len(orjson.dumps(docs))
+    except TypeError:  # a lone surrogate: the answer is written by json then (relay.app)
+        return len(json.dumps(docs, separators=(",", ":")))
+
+
+def health_probe(value: str, supported_types=TYPES_BY_API["score"]) -> Observable:
     """`HEALTH_OBSERVABLE` as an observable of the type it is, so that its cache entry is the
     one a lookup of it would use."""
-    for observable_type in SUPPORTED_TYPES:
+    for observable_type in TYPE_NAMES:
+        if observable_type not in supported_types or observable_type == "user_agent":
+            continue  # any printable text is a user agent: only what nothing else is
         lookup_value = canonical_value(observable_type, value)
         if lookup_value is not None:
             return Observable(observable_type, value, lookup_value)

@@ -68,6 +68,11 @@ class Lookup:
             outcomes.update(self._fetch_all(list(misses.values()), deadline, stats, self._shared_lookup))
         return outcomes
 
+    def forget(self, key: str) -> None:
+        """Drop the cached answer for `key`: the relay could not map it, so the next lookup
+        asks Threatscore again instead of failing the same way until it expires."""
+        self._cache.forget(key)
+
     def probe(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
         """A real upstream call whatever the cache holds (the health check), answered by the
         deadline like any lookup; a good answer refreshes the cache that observe and

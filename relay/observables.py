@@ -8,12 +8,33 @@ so equivalent spellings cost one lookup.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import idna
 
 # XDR type -> how the type is named in titles shown to analysts.
-SUPPORTED_TYPES = {"ip": "IP", "ipv6": "IPv6", "domain": "domain"}
+TYPE_NAMES = {
+    "ip": "IP",
+    "ipv6": "IPv6",
+    "domain": "domain",
+    "url": "URL",
+    "md5": "MD5",
+    "sha1": "SHA-1",
+    "sha256": "SHA-256",
+    "user_agent": "user agent",
+}
+# The types each Threatscore API (THREATSCORE_API) looks up; others are dropped silently.
+TYPES_BY_API = {
+    "v3": frozenset(TYPE_NAMES),
+    "score": frozenset({"ip", "ipv6", "domain"}),
+}
+# The score API's, as before there was a choice (the default of `parse_observables`).
+SUPPORTED_TYPES = {name: TYPE_NAMES[name] for name in ("ip", "ipv6", "domain")}
+
+HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -34,7 +55,10 @@ class Observable:
 
 
 def canonical_value(observable_type: str, value: str) -> str | None:
-    """The canonical lookup form of `value`, or None when it is not valid for the type."""
+    """The canonical lookup form of `value`, or None when it is not valid for the type.
+
+    (Its length was checked against RELAY_MAX_VALUE_LENGTH before.)
+    """
     text = value.strip()
     if not text or not text.isprintable():
         return None
@@ -44,7 +68,54 @@ def canonical_value(observable_type: str, value: str) -> str | None:
         return _ipv6(text)
     if observable_type == "domain":
         return _domain(text)
+    if observable_type in HASH_LENGTHS:
+        return _hash(text, HASH_LENGTHS[observable_type])
+    if observable_type == "url":
+        return _url(text)
+    if observable_type == "user_agent":
+        return text  # printable text: Threatscore gets it as sent (less surrounding blanks)
     return None
+
+
+def _hash(text: str, length: int) -> str | None:
+    """Hex of the type's length; Threatscore knows hashes in lower case."""
+    if len(text) != length or not _HEX.fullmatch(text):
+        return None
+    return text.lower()
+
+
+def _url(text: str) -> str | None:
+    """An absolute http(s) URL with a host: scheme and host lower-cased, the host in IDNA
+    form (so that spellings of one URL share a lookup), the rest exactly as sent."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # refuses a port that is not a number in range
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc:
+        return None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    host = _url_host(
+        hostport[: len(hostport) - len(f":{port}")] if port is not None else hostport.rstrip(":")
+    )
+    if host is None:
+        return None
+    netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{port}" if port is not None else "")
+    rest = text[text.index(parts.netloc) + len(parts.netloc) :]
+    return f"{scheme}://{netloc}{rest}"
+
+
+def _url_host(host: str) -> str | None:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            return None
+    address = _ipv4(host)
+    if address is not None:
+        return address
+    return _domain(host)
 
 
 def _ipv4(text: str) -> str | None:

@@ -181,3 +181,68 @@ def with_scores(*engine_scores: float, aggregate: float = 0.5, date: str = FOUR_
             }
         ]
     }
+
+
+# --- The v3 API (POST /api/v3/observables/search/by-value) -------------------------------------
+
+V3_NEWEST = "2025-03-02T10:20:30.000Z"
+V3_OLDER = "2024-11-05T08:00:00.000Z"
+# Found, with every field the reference describes.
+V3_FOUND = {
+    "threatscore": {
+        "value": 0.8125,
+        "level": "malicious",
+        "categories": ["phishing", "malicious_host"],
+        "indicators": {"blocklist": True, "attack": False, "scan": False, "compromission": True},
+    },
+    "observable": {
+        "geo": {"country_name": "Netherlands", "city_name": "Amsterdam"},
+        "as": {"asn": 64500, "organization_name": "Example Hosting B.V."},
+        "first_seen": V3_OLDER,
+        "last_seen": V3_NEWEST,
+    },
+    "analysis": [
+        {"id": "1a2b" * 8, "date": V3_NEWEST, "score": 0.8125},
+        {"id": "3c4d" * 8, "date": V3_NEWEST},  # informational: no score
+        {"id": "1a2b" * 8, "date": V3_OLDER, "score": 0.4},  # the same scorer, earlier
+        {"id": "5e6f" * 8, "date": V3_OLDER, "score": None},  # informational: null score
+    ],
+    "tags": ["dns", "hosting"],
+}
+
+# Dates as epoch milliseconds; a level word the relay does not know; no categories, one flag.
+V3_EPOCH_MS_FIRST = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+V3_EPOCH_MS_LAST = 1_710_000_000_123  # 2024-03-09T16:00:00.123Z
+V3_EPOCH_AND_ODD_LEVEL = {
+    "threatscore": {
+        "value": 0.3,
+        "level": "Dangerous-ish",
+        "categories": [],
+        "indicators": {"blocklist": False, "attack": False, "scan": True, "compromission": False},
+    },
+    "observable": {"first_seen": V3_EPOCH_MS_FIRST, "last_seen": V3_EPOCH_MS_LAST},
+    "analysis": [{"id": "7a8b" * 8, "date": V3_EPOCH_MS_LAST, "score": 0.3}],
+}
+
+# A safe answer with nothing but the score: no observable facts, no analysis.
+V3_SAFE_BARE = {"threatscore": {"value": 0.05, "level": "safe", "categories": [], "indicators": {}}}
+
+# The "nothing known" forms: (HTTP status, body).
+V3_NOT_IN_DATABASE: dict = {}
+V3_NOT_ANALYSED_YET = {"threatscore": {"categories": [], "indicators": {}}, "tags": []}
+V3_NO_DATA_FORMS = [
+    (200, V3_NOT_IN_DATABASE),
+    (200, V3_NOT_ANALYSED_YET),
+    (404, NO_DATA_404),
+]
+
+V3_ERROR_IN_BODY = {
+    "error": {"type": "Server Error", "code": "500", "message": "Search backend\n unavailable"}
+}
+V3_THREATSCORE_NOT_AN_OBJECT = {"threatscore": ["malicious"]}
+V3_VALUE_NOT_A_NUMBER = {"threatscore": {"value": "very high", "level": "malicious"}}
+
+# The refusals of late 2025 (the body's form is not recorded: both).
+REFUSED_403_TEXT = "Blocked by IP filtering"
+REFUSED_403_JSON = {"error": {"type": "Client Error", "code": "403", "message": "Blocked by IP filtering"}}
+REFUSED_401_JSON = {"error": {"type": "Client Error", "code": "401", "message": "Invalid API key"}}

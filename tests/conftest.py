@@ -76,8 +76,10 @@ def threatscore(_threatscore_server) -> ThreatscoreSimulator:
 
 @pytest.fixture
 def relay_env(threatscore) -> dict[str, str]:
-    """The environment of a relay that talks to the fake Threatscore."""
+    """The environment of a relay that talks to the fake Threatscore (its score API: the v3
+    tests set THREATSCORE_API=v3)."""
     return {
+        "THREATSCORE_API": "score",
         "THREATSCORE_API_URL": threatscore.url,
         "THREATSCORE_UI_URL": "https://ui.threatscore.test",
         "THREATSCORE_TIMEOUT": "2",

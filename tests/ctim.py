@@ -1,4 +1,10 @@
-"""The CTIM rules of the reference, as a check used across the tests."""
+"""The CTIM rules of the reference, as a check used across the tests.
+
+Verdicts and judgements as xdr-relay.md states them; indicators, sightings and
+relationships as threatgrid/ctim's schemas define them (indicator.cljc,
+sighting.cljc, relationship.cljc, common.cljc: the base, describable and
+sourcable entries; data_table.cljc: the column types).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,54 @@ JUDGEMENT_OPTIONAL = {
     "timestamp",
 }
 FORBIDDEN_TOP = {"module", "module_instance_id", "module_type_id"}
+# Every CTIM entity (common.cljc: base-entity-entries, describable-entity-entries,
+# sourcable-object-entries).
+BASE_REQUIRED = {"id", "type", "schema_version"}
+BASE_OPTIONAL = {"revision", "external_ids", "external_references", "timestamp", "language", "tlp"}
+DESCRIBABLE = {"title", "description", "short_description"}
+SOURCABLE = {"source", "source_uri"}
+HIGH_MED_LOW = {"Info", "Low", "Medium", "High", "None", "Unknown"}
+INDICATOR_REQUIRED = BASE_REQUIRED | {"valid_time", "producer"}
+INDICATOR_OPTIONAL = (
+    BASE_OPTIONAL
+    | DESCRIBABLE
+    | SOURCABLE
+    | {
+        "severity",
+        "negate",
+        "indicator_type",
+        "tags",
+        "composite_indicator_expression",
+        "likely_impact",
+        "confidence",
+        "kill_chain_phases",
+        "test_mechanisms",
+        "specification",
+    }
+)
+SIGHTING_REQUIRED = BASE_REQUIRED | {"observed_time", "confidence", "count"}
+SIGHTING_OPTIONAL = (
+    BASE_OPTIONAL
+    | DESCRIBABLE
+    | SOURCABLE
+    | {
+        "internal",
+        "severity",
+        "resolution",
+        "data",
+        "sensor",
+        "sensor_coordinates",
+        "targets",
+        "observables",
+        "relations",
+        "context",
+    }
+)
+RELATIONSHIP_REQUIRED = BASE_REQUIRED | {"relationship_type", "source_ref", "target_ref"}
+RELATIONSHIP_OPTIONAL = BASE_OPTIONAL | DESCRIBABLE | SOURCABLE
+COLUMN_TYPES = {"observable", "string", "markdown", "integer", "number", "url"}
+SHORT_STRING = 1024
+MED_STRING = 2048
 
 
 def _time(value: str) -> datetime:
@@ -85,6 +139,84 @@ def check_judgement(judgement: dict) -> None:
         assert judgement["tlp"] in TLPS
 
 
+def _check_keys(entity: dict, required: set[str], optional: set[str]) -> None:
+    keys = set(entity)
+    assert keys >= required, required - keys
+    assert keys <= required | optional, keys - required - optional
+
+
+def _check_base(entity: dict, entity_type: str) -> None:
+    assert entity["type"] == entity_type, entity
+    assert (
+        isinstance(entity["id"], str) and entity["id"].startswith("transient:") and len(entity["id"]) <= 2048
+    )
+    assert re.fullmatch(r"\d+\.\d+\.\d+", entity["schema_version"])
+    if "tlp" in entity:
+        assert entity["tlp"] in TLPS
+    for key, bound in (("title", SHORT_STRING), ("short_description", MED_STRING), ("source", MED_STRING)):
+        if key in entity:
+            assert isinstance(entity[key], str) and entity[key] and len(entity[key]) <= bound, (key, entity)
+
+
+def check_indicator(indicator: dict) -> None:
+    _check_keys(indicator, INDICATOR_REQUIRED, INDICATOR_OPTIONAL)
+    _check_base(indicator, "indicator")
+    assert isinstance(indicator["producer"], str) and 0 < len(indicator["producer"]) <= SHORT_STRING
+    check_valid_time(indicator["valid_time"])
+    for key in ("confidence", "severity"):
+        if key in indicator:
+            assert indicator[key] in HIGH_MED_LOW, indicator
+    if "tags" in indicator:
+        assert isinstance(indicator["tags"], list)
+        assert all(isinstance(tag, str) and 0 < len(tag) <= SHORT_STRING for tag in indicator["tags"])
+
+
+def check_sighting(sighting: dict) -> None:
+    _check_keys(sighting, SIGHTING_REQUIRED, SIGHTING_OPTIONAL)
+    _check_base(sighting, "sighting")
+    observed = sighting["observed_time"]
+    assert set(observed) <= {"start_time", "end_time"} and "start_time" in observed, observed
+    if "end_time" in observed:
+        assert _time(observed["start_time"]) <= _time(observed["end_time"]), observed
+    else:
+        _time(observed["start_time"])
+    assert sighting["confidence"] in HIGH_MED_LOW
+    assert isinstance(sighting["count"], int) and sighting["count"] >= 1  # PosInt
+    if "severity" in sighting:
+        assert sighting["severity"] in LEVELS
+    if "internal" in sighting:
+        assert isinstance(sighting["internal"], bool)
+    for observable in sighting.get("observables", []):
+        check_observable(observable)
+    if "data" in sighting:
+        check_data_table(sighting["data"])
+
+
+def check_data_table(table: dict) -> None:
+    """sighting.cljc's SightingDataTable: columns and rows, optionally row_count."""
+    assert set(table) <= {"columns", "rows", "row_count"} and {"columns", "rows"} <= set(table), table
+    assert table["columns"], "a data table has columns"
+    for column in table["columns"]:
+        assert (
+            {"name", "type"}
+            <= set(column)
+            <= {"name", "type", "description", "required", "short_description"}
+        )
+        assert isinstance(column["name"], str) and column["name"] and column["type"] in COLUMN_TYPES
+    for row in table["rows"]:
+        assert isinstance(row, list) and len(row) == len(table["columns"]), row
+    if "row_count" in table:
+        assert table["row_count"] == len(table["rows"])
+
+
+def check_relationship(relationship: dict) -> None:
+    _check_keys(relationship, RELATIONSHIP_REQUIRED, RELATIONSHIP_OPTIONAL)
+    _check_base(relationship, "relationship")
+    assert isinstance(relationship["relationship_type"], str) and relationship["relationship_type"]
+    for key in ("source_ref", "target_ref"):
+        assert isinstance(relationship[key], str) and relationship[key], relationship
+
+
 def check_errors(errors: list) -> None:
     assert isinstance(errors, list) and errors
     for error in errors:
@@ -115,6 +247,22 @@ def check_answer(body: dict) -> None:
         check_verdict(verdict)
     for judgement in judgements:
         check_judgement(judgement)
+    indicators = data.get("indicators", {}).get("docs", [])
+    sightings = data.get("sightings", {}).get("docs", [])
+    relationships = data.get("relationships", {}).get("docs", [])
+    for indicator in indicators:
+        check_indicator(indicator)
+    for sighting in sightings:
+        check_sighting(sighting)
+    for relationship in relationships:
+        check_relationship(relationship)
+    for docs in (judgements, indicators, sightings, relationships):
+        ids = [doc["id"] for doc in docs]
+        assert len(ids) == len(set(ids)), "each doc once per answer"
+    # A relationship names entities of the answer (the entities limit never cuts them).
+    listed = {doc["id"] for docs in (judgements, indicators, sightings) for doc in docs}
+    for relationship in relationships:
+        assert relationship["source_ref"] in listed and relationship["target_ref"] in listed, relationship
     observed = [(v["observable"]["type"], v["observable"]["value"]) for v in verdicts]
     assert len(observed) == len(set(observed)), "one verdict per observable"
     if judgements:

@@ -476,3 +476,22 @@ def test_single_flight_forgets_a_key_once_its_call_finishes() -> None:
 
     assert calls == ["call", "failing call", "call"]
     assert len(flight) == 0
+
+
+def test_forget_drops_an_entry_from_memory() -> None:
+    cache = MemoryCache(max_entries=10, ttl=60, negative_ttl=60)
+    cache.put("domain:far.example", {"scores": []})
+    cache.put("ip:192.0.2.1", None)
+    cache.forget("domain:far.example")
+    cache.forget("domain:never.example")  # nothing to forget: no error
+    assert cache.get("domain:far.example") is None
+    assert cache.get("ip:192.0.2.1") == CacheHit(None)
+
+
+def test_forget_drops_an_entry_from_redis(redis_server: RedisServer) -> None:
+    cache = redis_cache(redis_server)
+    cache.put("domain:far.example", {"scores": []})
+    cache.put("ip:192.0.2.1", {"scores": []})
+    cache.forget("domain:far.example")
+    assert cache.get("domain:far.example") is None
+    assert cache.get("ip:192.0.2.1") == CacheHit({"scores": []})

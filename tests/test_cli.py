@@ -291,7 +291,13 @@ def test_a_bad_setting_is_bad_usage_naming_the_variable(capsys, monkeypatch):
 
 
 def test_the_commands_are_one_table():
-    assert [command.name for command in cli.COMMANDS] == ["lookup", "health", "token", "settings", "module-type"]
+    assert [command.name for command in cli.COMMANDS] == [
+        "lookup",
+        "health",
+        "token",
+        "settings",
+        "module-type",
+    ]
 
 
 def test_python_m_relay_runs_and_the_old_token_entry_point_says_where_it_went(catalogue):

@@ -5,8 +5,10 @@ from relay.config import ConfigError, Settings
 
 def test_defaults():
     settings = Settings.from_env({})
-    assert settings.threatscore_api_url == "https://threatscore.cyberprotect.cloud"
-    assert settings.threatscore_ui_url == "https://threatscore.cyberprotect.cloud"
+    assert settings.threatscore_api == "v3"
+    assert settings.threatscore_api_url == "https://api.threatscore.cyberprotect.cloud"
+    assert settings.threatscore_ui_url == "https://console.threatscore.cyberprotect.cloud"
+    assert settings.threatscore_api_key is None and settings.threatscore_api_key_header is None
     assert (settings.threatscore_connect_timeout, settings.threatscore_read_timeout) == (3.0, 5.0)
     assert settings.ctr_entities_limit == 100 and settings.ctim_valid_days == 7
     assert settings.relay_auth == "jwks"
@@ -33,6 +35,43 @@ def test_values_are_parsed_and_normalised():
     assert settings.jwks_hosts == ("keys.example:8443", "other.example")
 
 
+def test_the_score_api_keeps_its_own_defaults():
+    settings = Settings.from_env({"THREATSCORE_API": "Score"})
+    assert settings.threatscore_api == "score"
+    assert settings.threatscore_api_url == "https://threatscore.cyberprotect.cloud"
+    assert settings.threatscore_ui_url == "https://threatscore.cyberprotect.cloud"
+
+
+@pytest.mark.parametrize("api", ["v3", "score"])
+def test_urls_given_win_over_the_backends_defaults(api):
+    settings = Settings.from_env(
+        {
+            "THREATSCORE_API": api,
+            "THREATSCORE_API_URL": "https://ts.example/",
+            "THREATSCORE_UI_URL": "https://ui.example",
+        }
+    )
+    assert (settings.threatscore_api_url, settings.threatscore_ui_url) == (
+        "https://ts.example",
+        "https://ui.example",
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9000", "http://localhost:9000", "http://[::1]:9000", "https://ts.example"]
+)
+def test_an_api_key_goes_over_https_or_to_a_loopback_address(url):
+    settings = Settings.from_env({"THREATSCORE_API_KEY": "k" * 20, "THREATSCORE_API_URL": url})
+    assert settings.threatscore_api_key == "k" * 20
+
+
+@pytest.mark.parametrize("url", ["http://ts.example", "http://10.0.0.1:9000", "http://127.0.0.1.example"])
+def test_an_api_key_over_plain_http_is_refused_at_start_up(url):
+    with pytest.raises(ConfigError, match="THREATSCORE_API_KEY is only sent over https://") as raised:
+        Settings.from_env({"THREATSCORE_API_KEY": "secret-key-value", "THREATSCORE_API_URL": url})
+    assert "secret-key-value" not in str(raised.value)
+
+
 def test_a_single_timeout_sets_both():
     settings = Settings.from_env({"THREATSCORE_TIMEOUT": "4"})
     assert (settings.threatscore_connect_timeout, settings.threatscore_read_timeout) == (4.0, 4.0)
@@ -52,6 +91,8 @@ def test_a_single_timeout_sets_both():
         ("RELAY_AUTH", "maybe", "RELAY_AUTH: must be one of jwks, secret, none"),
         ("RELAY_JWKS_URL_TEMPLATE", "https://x/jwks", "must contain {host}"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL: must be DEBUG"),
+        ("THREATSCORE_API", "v2", "THREATSCORE_API: must be one of v3, score"),
+        ("THREATSCORE_API_KEY_HEADER", "X Key", "THREATSCORE_API_KEY_HEADER: must be an HTTP header name"),
     ],
 )
 def test_bad_values_are_clear_errors(name, value, message):
@@ -68,5 +109,12 @@ def test_secret_mode_needs_a_long_secret():
 
 
 def test_secrets_never_show_in_repr():
-    settings = Settings.from_env({"RELAY_SECRET": "x" * 40, "REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0"})
+    settings = Settings.from_env(
+        {
+            "RELAY_SECRET": "x" * 40,
+            "REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0",
+            "THREATSCORE_API_KEY": "ts-key-sesame",
+        }
+    )
     assert "xxxx" not in repr(settings) and "hunter2" not in repr(settings)
+    assert "sesame" not in repr(settings)

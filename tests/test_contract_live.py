@@ -52,6 +52,7 @@ def live_relay(tmp_path_factory):
     fake.fallback(lambda _value: Scripted(body=answers.FOUR_ENGINES))
     fake.inject_faults(0.1, UPSTREAM_FAULTS, seed=SEED)
     env = {
+        "THREATSCORE_API": "score",  # the fake answers in the score API's shape
         "THREATSCORE_API_URL": fake.url,
         "THREATSCORE_TIMEOUT": "2",
         "RELAY_DEADLINE": "5",

@@ -37,7 +37,31 @@ from relay.observables import canonical_value
         ("domain", "example\x07.com", None),
         ("domain", "a" * 64 + ".example", None),
         ("domain", ("a" * 60 + ".") * 5 + "example", None),
-        ("url", "https://example.com", None),
+        ("md5", "D41D8CD98F00B204E9800998ECF8427E", "d41d8cd98f00b204e9800998ecf8427e"),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427", None),  # 31 digits
+        ("md5", "g41d8cd98f00b204e9800998ecf8427e", None),
+        ("sha1", "DA39A3EE5E6B4B0D3255BFEF95601890AFD80709", "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
+        ("sha1", "d41d8cd98f00b204e9800998ecf8427e", None),  # an md5 is not a sha1
+        ("sha256", " " + "AB" * 32 + " ", "ab" * 32),
+        ("sha256", "ab" * 31, None),
+        ("sha256", "０" * 64, None),  # fullwidth digits are not hex
+        ("url", "https://example.com", "https://example.com"),
+        ("url", "HTTPS://Example.COM/Path?Q=A#Frag", "https://example.com/Path?Q=A#Frag"),
+        ("url", "http://Bücher.example/ü?x=ÿ", "http://xn--bcher-kva.example/ü?x=ÿ"),
+        ("url", "http://user:Pass@Host.example:8080/a", "http://user:Pass@host.example:8080/a"),
+        ("url", "http://1.2.3.4/x", "http://1.2.3.4/x"),
+        ("url", "http://[2001:DB8::1]:443/", "http://[2001:db8::1]:443/"),
+        ("url", "ftp://example.com/", None),
+        ("url", "example.com/path", None),  # not absolute
+        ("url", "http:///path", None),  # no host
+        ("url", "http://exa mple.com/", None),
+        ("url", "http://example.com:99999/", None),
+        ("url", "http://[nope]/", None),
+        ("url", "javascript:alert(1)", None),
+        ("user_agent", "Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("user_agent", "curl/8.0\r\nX-Injected: 1", None),
+        ("user_agent", "\t", None),
+        ("email", "a@example.com", None),  # not a type the relay knows
     ],
 )
 def test_canonical_value(observable_type, value, canonical):

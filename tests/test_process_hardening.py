@@ -24,6 +24,7 @@ TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzb21lb25lIn0.c2lnbmF0dXJlLW5vYm9keS1oYX
 def relay(_threatscore_server, tmp_path_factory):
     """One relay process for the module's tests (they only read what it answers)."""
     env = {
+        "THREATSCORE_API": "score",
         "THREATSCORE_API_URL": _threatscore_server.url,
         "THREATSCORE_TIMEOUT": "2",
         "RELAY_AUTH": "none",

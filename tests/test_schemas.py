@@ -3,14 +3,14 @@ import json
 import pytest
 
 from relay.errors import InvalidArgumentError, RelayError, UpstreamFormatError
-from relay.observables import Observable
+from relay.observables import TYPES_BY_API, Observable
 from relay.schemas import parse_observables, parse_score_answer
 from tests import answers
 
 
-def parse(payload, max_observables=1000, max_value_length=1024):
+def parse(payload, max_observables=1000, max_value_length=1024, supported_types=TYPES_BY_API["score"]):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return parse_observables(body, max_observables, max_value_length)
+    return parse_observables(body, max_observables, max_value_length, supported_types)
 
 
 def test_supported_types_are_kept_in_order_with_the_callers_value():
@@ -27,6 +27,44 @@ def test_supported_types_are_kept_in_order_with_the_callers_value():
         Observable("domain", "Example.COM.", "example.com"),
         Observable("ipv6", "2001:DB8::1", "2001:db8::1"),
     ]
+
+
+def test_with_v3_every_threatscore_type_is_kept_and_invalid_values_dropped():
+    observables = parse(
+        [
+            {"type": "SHA256", "value": "AB" * 32},
+            {"type": "md5", "value": "not a hash"},
+            {"type": "url", "value": "HTTPS://Example.COM/Login?next=/"},
+            {"type": "url", "value": "not-a-url"},
+            {"type": "user_agent", "value": "Mozilla/5.0"},
+            {"type": "sha1", "value": "da39a3ee5e6b4b0d3255bfef95601890afd80709"},
+            {"type": "email", "value": "a@example.com"},
+        ],
+        supported_types=TYPES_BY_API["v3"],
+    )
+    assert observables == [
+        Observable("sha256", "AB" * 32, "ab" * 32),
+        Observable("url", "HTTPS://Example.COM/Login?next=/", "https://example.com/Login?next=/"),
+        Observable("user_agent", "Mozilla/5.0", "Mozilla/5.0"),
+        Observable(
+            "sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        ),
+    ]
+
+
+def test_with_the_score_api_the_new_types_are_dropped_silently():
+    payload = [{"type": "url", "value": "https://example.com/"}, {"type": "md5", "value": "a" * 32}]
+    assert parse(payload) == []
+    assert len(parse(payload, supported_types=TYPES_BY_API["v3"])) == 2
+
+
+def test_a_user_agent_longer_than_the_value_limit_is_refused():
+    with pytest.raises(InvalidArgumentError, match="longer than 20 characters"):
+        parse(
+            [{"type": "user_agent", "value": "M" * 21}],
+            max_value_length=20,
+            supported_types=TYPES_BY_API["v3"],
+        )
 
 
 def test_repeats_collapse_and_other_spellings_share_one_lookup_key():
@@ -121,13 +159,20 @@ def test_found_answer_is_normalised():
     assert entry["date"] == "2021-06-14T08:30:05.120+00:00"
     assert entry["score"] == pytest.approx(0.3397058823529412)
     assert [d["score"] for d in entry["details"]] == [0, 0.9, 0.5, 0.175]
-    assert set(answer) == {"scores"}
+    assert set(answer) == {"api", "scores"} and answer["api"] == "score"
     json.dumps(answer)  # cacheable as JSON
 
 
 def test_history_is_sorted_newest_first():
     dates = [entry["date"][:4] for entry in parse_score_answer(answers.HISTORY)["scores"]]
     assert dates == ["2022", "2021", "2020"]
+
+
+def test_a_2018_entry_with_only_date_and_score_is_an_aggregate_without_engines():
+    answer = parse_score_answer({"scores": [{"date": "2018-10-12", "score": "0.99"}]})
+    assert answer["scores"] == [
+        {"date": "2018-10-12T00:00:00.000+00:00", "score": 0.99, "level": None, "details": []}
+    ]
 
 
 def test_legacy_strings_and_dates_are_accepted():
@@ -145,7 +190,11 @@ def test_legacy_strings_and_dates_are_accepted():
         ({"scores": [{"date": "yesterday", "score": 1, "details": []}]}, "date"),
         ({"scores": [{"date": "2020-01-01", "score": "high", "details": []}]}, "score"),
         ({"scores": [{"date": "2020-01-01", "score": True, "details": []}]}, "score"),
-        ({"scores": [{"date": "2020-01-01", "score": 1}]}, "details"),
+        ({"scores": [{"date": "2020-01-01", "score": 1, "details": "none"}]}, "details"),
+        ({"scores": [{"date": "9999-12-31T23:00:00-05:00", "score": 1}]}, "date"),
+        ({"scores": [{"date": "2020-01-01", "score": 10**4000}]}, "score"),
+        ({"scores": [{"date": "2020-01-01", "score": "9" * 5000}]}, "score"),
+        ({"x" * 10000: 1}, "unknown keys: xxx"),
         ({"scores": [["a"]]}, "scores"),
         ([{"scores": []}], "a list"),
         ("text", "JSON a string"),
@@ -159,6 +208,7 @@ def test_unexpected_structures_are_key_errors(body, detail):
     assert raised.value.code == "key error"
     assert raised.value.message.startswith("Threatscore answered in an unexpected format")
     assert detail in raised.value.message
+    assert len(raised.value.message) <= 400  # whatever Threatscore sent, the message is bounded
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,23 @@
-"""The Threatscore side: one shared transport (`transport`), one module per API (`score`).
+"""The Threatscore side: one shared transport (`transport`), one module per API (`score`, `v3`).
 
 Every API's client is a `ScoreSource`: what the lookups depend on.
+`build_source` picks the client of the configured API (THREATSCORE_API).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+import requests
+
+from relay.config import Settings
 from relay.threatscore.score import ScoreClient
 from relay.threatscore.transport import MIN_ATTEMPT_SECONDS, USER_AGENT
+from relay.threatscore.v3 import V3Client
 
-__all__ = ["MIN_ATTEMPT_SECONDS", "USER_AGENT", "ScoreClient", "ScoreSource"]
+__all__ = ["MIN_ATTEMPT_SECONDS", "USER_AGENT", "ScoreClient", "ScoreSource", "V3Client", "build_source"]
+
+CLIENTS = {"v3": V3Client, "score": ScoreClient}
 
 
 class ScoreSource(Protocol):
@@ -19,3 +26,8 @@ class ScoreSource(Protocol):
 
         `deadline` (a `time.monotonic()` instant) bounds the whole lookup, retries included.
         """
+
+
+def build_source(settings: Settings, session: requests.Session) -> ScoreSource:
+    """The client of the API that THREATSCORE_API names."""
+    return CLIENTS[settings.threatscore_api](settings, session)

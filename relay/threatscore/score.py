@@ -10,7 +10,7 @@ import requests
 
 from relay.config import Settings
 from relay.errors import InvalidArgumentError
-from relay.schemas import parse_score_answer
+from relay.schemas import ScoreAnswer, parse_score_answer
 from relay.threatscore.transport import Transport, error_message, parse_json, status_error
 
 # The one 404 that means "no data" rather than a wrong URL.
@@ -35,7 +35,7 @@ class ScoreClient:
             raise InvalidArgumentError(f"{value!r} cannot be looked up on Threatscore")
         return f"{self._base_url}/api/score/{segment}"
 
-    def score(self, value: str, deadline: float | None = None) -> dict | None:
+    def score(self, value: str, deadline: float | None = None) -> ScoreAnswer | None:
         status, body = self._transport.exchange("GET", self.url_for(value), deadline)
         if status == 200:
             return parse_score_answer(parse_json(body))

@@ -29,9 +29,11 @@ from relay.errors import (
     TooManyRequestsError,
     UpstreamConnectionError,
     UpstreamFormatError,
+    UpstreamRefusedError,
     UpstreamTimeoutError,
     UpstreamTLSError,
     UpstreamUnavailableError,
+    cleaned,
 )
 from relay.version import VERSION
 
@@ -113,6 +115,7 @@ class Transport:
         # Immutable: each exchange starts from it, and `increment` returns a new policy.
         self._retry_policy = retry_policy(settings.threatscore_retries)
         self._sleep = sleep  # tests watch the waits between attempts
+        self._headers = request_headers(settings)
 
     def exchange(
         self, method: str, url: str, deadline: float | None, json_body: object = None
@@ -164,7 +167,7 @@ class Transport:
             with self._session.request(
                 method,
                 url,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                headers=self._headers,
                 json=json_body,
                 timeout=timeout,
                 stream=True,
@@ -277,7 +280,51 @@ def parse_json(body: bytes):
         raise UpstreamFormatError("Threatscore answered with JSON nested too deeply") from None
 
 
+def request_headers(settings: Settings) -> dict[str, str]:
+    """What every request carries: the relay's User-Agent and, for a licensed account given
+    one, its API key (never logged: it is only ever in these headers)."""
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if settings.threatscore_api_key:
+        if settings.threatscore_api_key_header:
+            headers[settings.threatscore_api_key_header] = settings.threatscore_api_key
+        else:
+            headers["Authorization"] = f"Bearer {settings.threatscore_api_key}"
+    return headers
+
+
+REFUSAL_ADVICE = (
+    "Threatscore serves licensed accounts from allow-listed addresses: have the address the relay"
+    " leaves from allow-listed on a licensed account (and set THREATSCORE_API_KEY if Threatscore"
+    ' gave one); see the README, "When Threatscore fails"'
+)
+
+
+def refusal_error(status: int, body: bytes) -> UpstreamRefusedError:
+    """401/403: Threatscore's own words (JSON `error.message`, or a short plain-text body) and
+    what the operator does about it."""
+    words = refusal_words(body)
+    quoted = f': "{words}"' if words else ""
+    return UpstreamRefusedError(f"Threatscore refused the relay (HTTP {status}{quoted}). {REFUSAL_ADVICE}")
+
+
+def refusal_words(body: bytes) -> str:
+    message = error_message(body)
+    if not message:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            payload = None
+        if isinstance(payload, str):  # a JSON string
+            message = payload
+        elif payload is None:  # plain text, unless it is a proxy's HTML page
+            text = body[:2000].decode("utf-8", errors="replace").strip()
+            message = "" if text.startswith("<") else text
+    return cleaned(message)
+
+
 def status_error(status: int, body: bytes) -> RelayError:
+    if status in (401, 403):
+        return refusal_error(status, body)
     if status == 404:
         return NotFoundError("Threatscore answered 404 Not Found (is THREATSCORE_API_URL right?)")
     if status == 429:
@@ -291,7 +338,7 @@ def error_message(body: bytes) -> str:
     """`error.message` of a JSON error body; a proxy's HTML page gives ''."""
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     error = payload.get("error") if isinstance(payload, dict) else None
     message = error.get("message") if isinstance(error, dict) else None

@@ -2,14 +2,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from relay.mapper import MappingOptions, disposition_for, map_answer, search_url
+from relay.mapping import MappingOptions, disposition_for, map_answer, search_url
 from relay.observables import Observable
 from relay.schemas import parse_score_answer
 from tests import answers
 from tests.ctim import check_answer
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-OPTIONS = MappingOptions(now=NOW, ui_url="https://ui.threatscore.test", valid_days=7, entities_limit=100)
+OPTIONS = MappingOptions(ui_url="https://ui.threatscore.test", valid_days=7, entities_limit=100)
 IP = Observable("ip", "198.51.100.7", "198.51.100.7")
 
 
@@ -74,7 +74,7 @@ EXPECTED_VERDICTS = [
 
 
 def test_four_engines_map_to_the_full_expected_output():
-    entities = map_answer(IP, parse_score_answer(answers.FOUR_ENGINES), OPTIONS)
+    entities = map_answer(IP, parse_score_answer(answers.FOUR_ENGINES), OPTIONS, NOW)
     assert entities.judgements == EXPECTED_JUDGEMENTS
     assert entities.verdicts == EXPECTED_VERDICTS
     check_answer(
@@ -88,8 +88,8 @@ def test_four_engines_map_to_the_full_expected_output():
 
 
 def test_the_same_input_gives_the_same_ids():
-    first = map_answer(IP, parse_score_answer(answers.FOUR_ENGINES), OPTIONS)
-    later = map_answer(IP, parse_score_answer(answers.FOUR_ENGINES), OPTIONS)
+    first = map_answer(IP, parse_score_answer(answers.FOUR_ENGINES), OPTIONS, NOW)
+    later = map_answer(IP, parse_score_answer(answers.FOUR_ENGINES), OPTIONS, NOW)
     assert [j["id"] for j in first.judgements] == [j["id"] for j in later.judgements]
     assert len({j["id"] for j in first.judgements}) == 5
 
@@ -117,7 +117,7 @@ def test_score_buckets_have_no_gaps(score, disposition):
 
 def test_history_judges_every_entry_newest_first_and_skips_null_scores():
     observable = Observable("domain", "Malware.Example.", "malware.example")
-    entities = map_answer(observable, parse_score_answer(answers.HISTORY), OPTIONS)
+    entities = map_answer(observable, parse_score_answer(answers.HISTORY), OPTIONS, NOW)
     # The newest entry (2022) has a null aggregate: the verdict comes from 2021's 0.8.
     assert [v["disposition_name"] for v in entities.verdicts] == ["Malicious"]
     assert entities.verdicts[0]["valid_time"]["start_time"] == "2021-09-09T09:09:09.000Z"
@@ -141,31 +141,31 @@ def test_history_judges_every_entry_newest_first_and_skips_null_scores():
 
 def test_legacy_string_scores_and_date_only_dates():
     observable = Observable("domain", "old.example", "old.example")
-    entities = map_answer(observable, parse_score_answer(answers.LEGACY_2018), OPTIONS)
+    entities = map_answer(observable, parse_score_answer(answers.LEGACY_2018), OPTIONS, NOW)
     assert entities.verdicts[0]["disposition_name"] == "Malicious"
     assert entities.verdicts[0]["valid_time"]["start_time"] == "2018-10-12T00:00:00.000Z"
     assert entities.judgements[1]["reason"] == f"Engine: {'ab12' * 8}"
 
 
 def test_negative_scores_are_clean():
-    entities = map_answer(IP, parse_score_answer(answers.NEGATIVE_SCORE), OPTIONS)
+    entities = map_answer(IP, parse_score_answer(answers.NEGATIVE_SCORE), OPTIONS, NOW)
     assert [j["disposition_name"] for j in entities.judgements] == ["Clean", "Clean"]
 
 
 def test_only_null_scores_give_no_entities():
-    entities = map_answer(IP, parse_score_answer(answers.ALL_NULL_SCORES), OPTIONS)
+    entities = map_answer(IP, parse_score_answer(answers.ALL_NULL_SCORES), OPTIONS, NOW)
     assert entities.verdicts == [] and entities.judgements == []
 
 
 def test_no_data_gives_no_entities():
-    entities = map_answer(IP, None, OPTIONS)
+    entities = map_answer(IP, None, OPTIONS, NOW)
     assert entities.verdicts == [] and entities.judgements == []
 
 
 def test_fresh_score_is_valid_for_the_configured_days_from_its_date():
     fresh = answers.with_scores(0.9, aggregate=0.9, date="2026-11-28T11:00:00.000Z")
-    options = MappingOptions(now=NOW, ui_url=OPTIONS.ui_url, valid_days=3, entities_limit=100)
-    verdict = map_answer(IP, parse_score_answer(fresh), options).verdicts[0]
+    options = MappingOptions(ui_url=OPTIONS.ui_url, valid_days=3, entities_limit=100)
+    verdict = map_answer(IP, parse_score_answer(fresh), options, NOW).verdicts[0]
     # The lookup (12:00) is later than the score (11:00): 3 days after the lookup.
     assert verdict["valid_time"] == {
         "start_time": "2026-11-28T11:00:00.000Z",
@@ -175,7 +175,7 @@ def test_fresh_score_is_valid_for_the_configured_days_from_its_date():
 
 def test_a_score_dated_in_the_future_still_has_start_before_end():
     future = answers.with_scores(0.1, aggregate=0.1, date="2027-01-01T00:00:00.000Z")
-    verdict = map_answer(IP, parse_score_answer(future), OPTIONS).verdicts[0]
+    verdict = map_answer(IP, parse_score_answer(future), OPTIONS, NOW).verdicts[0]
     assert verdict["valid_time"] == {
         "start_time": "2027-01-01T00:00:00.000Z",
         "end_time": "2027-01-08T00:00:00.000Z",
@@ -184,8 +184,8 @@ def test_a_score_dated_in_the_future_still_has_start_before_end():
 
 def test_entities_limit_keeps_the_newest_and_the_verdicts_judgement():
     many = answers.with_scores(*[0.1 * (i % 10) for i in range(30)], aggregate=0.6)
-    options = MappingOptions(now=NOW, ui_url=OPTIONS.ui_url, valid_days=7, entities_limit=4)
-    entities = map_answer(IP, parse_score_answer(many), options)
+    options = MappingOptions(ui_url=OPTIONS.ui_url, valid_days=7, entities_limit=4)
+    entities = map_answer(IP, parse_score_answer(many), options, NOW)
     assert len(entities.judgements) == 4
     assert entities.verdicts[0]["judgement_id"] == entities.judgements[0]["id"]
     assert [j["reason"] for j in entities.judgements[1:]] == [f"Engine: {i:032x}" for i in range(3)]

@@ -231,7 +231,8 @@ def test_waits_are_jittered_so_lookups_that_failed_together_come_back_apart():
         (500, answers.ERROR_500, "service unavailable"),
         (404, answers.ERROR_404_GENERIC, "not found"),
         (400, {"error": {"type": "Client Error", "code": "400", "message": "Bad Request"}}, "unknown"),
-        (403, "<html>Forbidden</html>", "unknown"),
+        (403, "<html>Forbidden</html>", "authorization error"),
+        (401, answers.REFUSED_401_JSON, "authorization error"),
     ],
 )
 def test_other_statuses_are_not_retried(threatscore, make_threatscore_client, status, body, code):
