@@ -349,8 +349,14 @@ def _rows(
         found = SCORE_IN_REASON.search(aggregate.get("reason", ""))
         row.score = found.group(1) if found else ""
         indicators = [by_id.get(ref, {}) for ref in based_on.get(aggregate.get("id"), [])]
-        row.categories = ", ".join(doc.get("title", "") for doc in indicators if doc)
+        row.categories = ", ".join(_indicator_word(doc) for doc in indicators if doc)
     return rows
+
+
+def _indicator_word(indicator: dict) -> str:
+    """`phishing` for a category, `flag: attack` for an indicator flag (the indicator's tags)."""
+    tags = indicator.get("tags") or [indicator.get("title", "")]
+    return f"flag: {tags[0]}" if "indicator" in tags[1:] else str(tags[0])
 
 
 def _docs(data: Any, kind: str) -> list[dict]:

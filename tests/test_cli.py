@@ -116,11 +116,15 @@ def test_lookup_prints_a_table_of_the_catalogue_values(catalogue, capsys):
         "link",
     ]
     rows = table_rows(out)
-    assert rows["198.51.100.7"].split()[1:5] == ["ip", "Malicious", "0.92", "4"]
-    assert rows["203.0.113.5"].split()[1:5] == ["ip", "Suspicious", "0.44", "7"]
-    assert rows["example.com"].split()[1:5] == ["domain", "Clean", "0.05", "4"]
+    # The default backend, v3: scores as Threatscore shows them, categories and flags.
+    assert rows["198.51.100.7"].split()[1:5] == ["ip", "Malicious", "92.0", "%"]
+    assert "malicious_host, blocklist, flag: blocklist, flag: attack" in rows["198.51.100.7"]
+    assert rows["203.0.113.5"].split()[1:5] == ["ip", "Suspicious", "44.0", "%"]
+    assert rows["example.com"].split()[1:5] == ["domain", "Clean", "5.0", "%"]
     assert rows["192.0.2.1"].split()[1:5] == ["ip", "no", "data", "0"]
-    assert rows["198.51.100.7"].endswith("https://threatscore.cyberprotect.cloud/search?query=198.51.100.7")
+    assert rows["198.51.100.7"].endswith(
+        "https://console.threatscore.cyberprotect.cloud/search?query=198.51.100.7"
+    )
 
 
 def test_lookup_exits_1_and_shows_the_error_when_one_fails(catalogue, capsys):
@@ -361,8 +365,16 @@ def test_the_table_reads_categories_and_scores_from_indicators_and_relationships
             "indicators": {
                 "count": 2,
                 "docs": [
-                    {"id": "i-phishing", "title": "Phishing"},
-                    {"id": "i-compromise", "title": "Compromise"},
+                    {
+                        "id": "i-phishing",
+                        "title": "Threatscore category: phishing",
+                        "tags": ["phishing", "category"],
+                    },
+                    {
+                        "id": "i-compromise",
+                        "title": "Threatscore indicator: compromise",
+                        "tags": ["compromise", "indicator"],
+                    },
                 ],
             },
             "relationships": {
@@ -389,7 +401,7 @@ def test_the_table_reads_categories_and_scores_from_indicators_and_relationships
     assert (row.verdict, row.score, row.categories, row.judgements) == (
         "Malicious",
         "85.0 %",
-        "Phishing, Compromise",
+        "phishing, flag: compromise",
         "2",
     )
     assert row.link == "https://ui/x" and row.error == ""

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from relay.cli import format_setting
-from relay.config import declared_settings
+from relay.config import Settings, declared_settings
 from tests.relay_process import ROOT, without_relay_settings
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -285,6 +285,9 @@ def test_the_configuration_table_lists_every_setting_with_its_default():
     for setting in declared:
         shown = format_setting(setting.default)
         expected = f"`{shown}`" if shown else "not set"
+        by_backend = {api: getattr(Settings(threatscore_api=api), setting.field) for api in ("v3", "score")}
+        if setting.default is None and by_backend["v3"] is not None:  # the backend's own default
+            expected = "; ".join(f"{api}: `{format_setting(value)}`" for api, value in by_backend.items())
         assert table[setting.env] == expected, setting.env
 
 
