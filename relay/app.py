@@ -17,7 +17,7 @@ import requests
 from werkzeug.exceptions import HTTPException
 
 from relay.auth import Authenticator, build_authenticator
-from relay.cache import AnswerCache, NoCache, build_cache
+from relay.cache import AnswerCache, NoCache, SharedFlight, build_cache, build_shared_flight
 from relay.config import Settings
 from relay.errors import (
     InternalError,
@@ -30,6 +30,8 @@ from relay.errors import (
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging
 from relay.lookup import Lookup
+from relay.ratelimit import build_pacing
+from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreClient, ScoreSource
 
@@ -82,9 +84,12 @@ class RelayApp:
         source: ScoreSource,
         authenticator: Authenticator,
         cache: AnswerCache | None = None,
+        shared_flight: SharedFlight | None = None,
     ):
         self.settings = settings
-        lookup = Lookup(source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency)
+        lookup = Lookup(
+            source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency, shared_flight
+        )
         self.handlers = Handlers(settings, lookup)
         self.authenticator = authenticator
 
@@ -94,11 +99,14 @@ class RelayApp:
         settings = Settings.from_env()
         setup_logging(settings.log_level)
         session = make_session(settings)
+        redis_link = build_redis_link(settings.redis_url)  # what the instances share, if anything
+        cache = build_cache(settings, redis_link)
         return cls(
             settings,
-            ScoreClient(settings, session),
+            ScoreClient(settings, session, pacing=build_pacing(settings, redis_link)),
             build_authenticator(settings, session),
-            build_cache(settings),
+            cache,
+            build_shared_flight(cache),
         )
 
     def handle(self, request: flask.Request) -> flask.Response:

@@ -8,7 +8,7 @@ client) and the CTIM mapper. Everything about one request travels in its
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -95,7 +95,9 @@ class Handlers:
                 errors.append(outcome.error.about(observable.value))
                 context.stats.count_error(outcome.error.code, outcome.error.message)
                 continue
-            entities = map_answer(observable, outcome.answer, options)
+            # valid_time counts from when Threatscore was asked: a cached answer maps the same everywhere.
+            at = replace(options, now=outcome.fetched_at) if outcome.fetched_at else options
+            entities = map_answer(observable, outcome.answer, at)
             verdicts.extend(entities.verdicts)
             if with_judgements:
                 judgements.extend(entities.judgements)

@@ -302,26 +302,33 @@ def test_with_redis_down_requests_are_answered_from_threatscore(
     client = make_client(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     sent = [{"type": "ip", "value": "198.51.100.7"}]
 
-    with caplog.at_level(logging.WARNING, logger="relay.cache"):
+    with caplog.at_level(logging.WARNING, logger="relay.redis_link"):
         body, elapsed = timed(lambda: post(client, OBSERVE, sent))
 
     assert set(body) == {"data"} and observables_in(body) == sent
     assert threatscore.calls_for("198.51.100.7") == 1
     assert elapsed < 2
-    assert "Redis cache read" in caplog.text
+    assert "Redis read at 127.0.0.1" in caplog.text
 
 
-def test_redis_dying_between_requests_costs_no_request(threatscore, make_client, redis_server):
+def test_redis_dying_between_requests_costs_no_request_and_the_memory_tier_answers(
+    threatscore, make_client, redis_server
+):
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    threatscore.answer("198.51.100.8", answers.FOUR_ENGINES)
     client = make_client(REDIS_URL=redis_server.url)
-    sent = [{"type": "ip", "value": "198.51.100.7"}]
-    post(client, OBSERVE, sent)
+    first = post(client, OBSERVE, [{"type": "ip", "value": "198.51.100.7"}])
 
     redis_server.kill()
 
+    sent = [{"type": "ip", "value": "198.51.100.7"}, {"type": "ip", "value": "198.51.100.8"}]
     body = post(client, OBSERVE, sent)
     assert observables_in(body) == sent
-    assert threatscore.calls_for("198.51.100.7") == 2
+    assert threatscore.calls_for("198.51.100.7") == 1  # held by the memory tier
+    assert threatscore.calls_for("198.51.100.8") == 1
+    again = post(client, OBSERVE, sent)  # Redis still down: the memory tier kept storing
+    assert threatscore.total_calls == 2
+    assert again["data"]["judgements"]["docs"][:5] == first["data"]["judgements"]["docs"]
 
 
 # --- deadlines are each request's own -------------------------------------------------------------
@@ -342,7 +349,7 @@ def test_a_request_joining_a_shorter_deadlined_lookup_still_gets_its_answer(thre
 class SlowCache(NoCache):
     """A shared cache that takes its time to answer (a struggling Redis)."""
 
-    def get(self, key):
+    def get(self, key, deadline=None):
         time.sleep(0.02)
         return None
 
