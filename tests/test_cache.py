@@ -554,3 +554,47 @@ def test_single_flight_forgets_a_key_once_its_call_finishes() -> None:
 
     assert calls == ["call", "failing call", "call"]
     assert len(flight) == 0
+
+
+def test_a_waiter_gives_up_at_its_own_deadline_while_the_flight_goes_on() -> None:
+    flight = SingleFlight()
+    release = threading.Event()
+    leading = threading.Event()
+
+    def slow_call() -> str:
+        leading.set()
+        release.wait(timeout=30)
+        return "answer"
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leader = pool.submit(flight.do, "ip:1", slow_call)
+        assert leading.wait(timeout=10)
+        started = time.monotonic()
+        with pytest.raises(FlightWaitTimeoutError):
+            flight.do("ip:1", lambda: "never run", wait_until=time.monotonic() + 0.2)
+        assert time.monotonic() - started < QUICK
+        release.set()
+        assert leader.result(timeout=10) == "answer"
+    assert len(flight) == 0
+
+
+# --- a misbehaving Redis: no call outlives the time it is given ----------------------------------
+
+
+def test_a_redis_that_trickles_its_answer_is_cut_off_at_the_calls_share_of_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tests.test_instances import TricklingRedis
+
+    trickling = TricklingRedis(every=0.02)
+    try:
+        cache = build_cache(replace(Settings(), redis_url=trickling.url))
+        hit, seconds = timed(lambda: cache.get("ip:1.1.1.1", time.monotonic() + 3))
+        # Skipped for a while afterwards: the next lookups pay nothing.
+        _, next_seconds = timed(lambda: cache.get("ip:2.2.2.2", time.monotonic() + 3))
+    finally:
+        trickling.stop()
+    assert hit is None
+    assert seconds < 1.0  # its share: 0.3 s of a 3-s deadline (each byte came within the read timeout)
+    assert next_seconds < 0.1
+    assert "TimeoutError" in warnings_text(caplog)
