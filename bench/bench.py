@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import instances  # noqa: E402 - cases G-J (bench/instances.py): instances sharing one Redis
+
 from tests import answers  # noqa: E402 - after the path is set
 from tests.fake_threatscore import FakeThreatscore  # noqa: E402
 from tests.relay_process import stop_process, without_relay_settings  # noqa: E402
@@ -401,6 +403,7 @@ def main() -> int:
         rows.append(case_f(fake, relay, args))
         relay.stop()
         rows.append(case_e(fake, relay_env, args))
+        rows.extend(Row(*row) for row in instances.cases_g_h_i_j(fake, relay_env, LOGS))
     finally:
         for function in functions:
             function.stop()

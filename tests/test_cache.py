@@ -82,7 +82,7 @@ def test_memory_cache_misses_then_hits_found_answers_and_no_data() -> None:
     cache.put("domain:example.com", fresh(None))
 
     assert answer_of(cache.get("ip:1.1.1.1")) == FOUND
-    assert answer_of(cache.get("domain:example.com")) == None
+    assert answer_of(cache.get("domain:example.com")) is None
     assert cache.get("ip:8.8.8.8") is None
 
 
@@ -108,7 +108,9 @@ def test_memory_cache_found_and_no_data_expire_after_their_own_ttl() -> None:
 
 def test_an_answer_that_aged_in_redis_stays_in_memory_only_for_what_is_left_of_its_ttl() -> None:
     clock = FakeClock()
-    tier = MemoryCache(max_entries=10, ttl=100, negative_ttl=10, max_lifetime=30, clock=clock, wall_clock=clock)
+    tier = MemoryCache(
+        max_entries=10, ttl=100, negative_ttl=10, max_lifetime=30, clock=clock, wall_clock=clock
+    )
     tier.put("ip:old", CacheHit(FOUND, clock.now - 90))  # fetched 90 s ago: 10 s left
     tier.put("ip:new", CacheHit(FOUND, clock.now))  # 100 s left, but the tier keeps it 30 s
     tier.put("ip:expired", CacheHit(FOUND, clock.now - 100))
@@ -215,7 +217,7 @@ def test_redis_cache_round_trips_found_answers_and_no_data(redis_server: RedisSe
     assert answer_of(cache.get(key)) == FOUND
 
     cache.put(key + "-none", fresh(None))
-    assert answer_of(cache.get(key + "-none")) == None
+    assert answer_of(cache.get(key + "-none")) is None
 
 
 def test_redis_entries_are_versioned_json_with_their_own_ttl(redis_server: RedisServer) -> None:
@@ -254,7 +256,7 @@ def test_two_function_instances_share_entries(redis_server: RedisServer) -> None
     second_instance.put("ip:2.2.2.2", fresh(None))
 
     assert answer_of(second_instance.get("ip:1.1.1.1")) == FOUND
-    assert answer_of(first_instance.get("ip:2.2.2.2")) == None
+    assert answer_of(first_instance.get("ip:2.2.2.2")) is None
 
 
 FOREIGN_ENTRIES = [

@@ -235,7 +235,9 @@ class Arrivals:
 
     def busiest(self, window: float) -> int:
         times = sorted(self.times)
-        return max((sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times)), default=0)
+        return max(
+            (sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times)), default=0
+        )
 
 
 def test_the_rate_limit_holds_for_all_instances_together(threatscore, instances):
@@ -243,7 +245,9 @@ def test_the_rate_limit_holds_for_all_instances_together(threatscore, instances)
     relays = instances(3, THREATSCORE_RATE_LIMIT="5", RELAY_DEADLINE="30")
     batches = [[ip(f"198.51.{n}.{index}") for index in range(10)] for n in range(3)]
 
-    bodies = all_at_once([lambda url=r.url, b=b: observe(url, b) for r, b in zip(relays, batches, strict=True)])
+    bodies = all_at_once(
+        [lambda url=r.url, b=b: observe(url, b) for r, b in zip(relays, batches, strict=True)]
+    )
 
     assert [len(answered(body)) for body in bodies] == [10, 10, 10]
     assert len(arrivals.times) == 30
