@@ -61,6 +61,9 @@ def run_many_instances(config: LoadConfig, log_dir: Path | None = None, progress
         env = relay_env(fake, read_timeout=1.0)
         if redis is not None:
             env["REDIS_URL"] = redis.url
+            # High enough never to hold the run back, so that the shared limiter's every call
+            # (its Lua scripts included) goes through the Redis restart too.
+            env["THREATSCORE_RATE_LIMIT"] = "1000"
         relays: list[RelayProcess] = []
         finished = threading.Event()
         try:

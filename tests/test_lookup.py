@@ -371,3 +371,33 @@ def test_health_answers_by_the_deadline_even_when_the_probe_trickles(threatscore
     assert body["errors"][0]["code"] == "health check failed"
     assert "deadline" in body["errors"][0]["message"]
     assert elapsed < 1.6
+
+
+def test_a_request_joining_a_hung_flight_waits_only_until_its_own_deadline(threatscore, make_lookup):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES, delay=1.9)  # the read timeout is 2 s
+    lookup = make_lookup()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        patient = pool.submit(lookup.look_up, [ip("198.51.100.7")], time.monotonic() + 20, RequestStats())
+        give_up_at = time.monotonic() + 10
+        while threatscore.calls_for("198.51.100.7") == 0 and time.monotonic() < give_up_at:
+            time.sleep(0.01)  # until the patient request's call has reached the upstream
+        hurried, elapsed = timed(
+            lambda: lookup.look_up([ip("198.51.100.7")], time.monotonic() + 0.3, RequestStats())
+        )
+        assert hurried["ip:198.51.100.7"].error.code == "timeout"
+        assert elapsed < 0.3 + 0.9  # not the rest of the flight it joined
+        assert patient.result()["ip:198.51.100.7"].answer is not None
+    assert threatscore.calls_for("198.51.100.7") == 1  # it joined, and asked nothing of its own
+
+
+def test_an_outcome_keeps_when_threatscore_was_asked_also_from_the_cache(threatscore, make_lookup):
+    from relay.cache import MemoryCache
+
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    lookup = make_lookup(cache=MemoryCache(max_entries=10, ttl=60, negative_ttl=60))
+    before = time.time()
+    fetched = lookup.look_up([ip("198.51.100.7")], time.monotonic() + 10, RequestStats())["ip:198.51.100.7"]
+    cached = lookup.look_up([ip("198.51.100.7")], time.monotonic() + 10, RequestStats())["ip:198.51.100.7"]
+    assert before <= fetched.fetched_at.timestamp() <= time.time()
+    assert cached.fetched_at == fetched.fetched_at
+    assert threatscore.calls_for("198.51.100.7") == 1
