@@ -67,6 +67,8 @@ class Pacing:
             # The relay's own pool: every call of the limiter is bounded like any Redis call.
             storage = RedisStorage(redis_url or "redis://", connection_pool=link.client.connection_pool)
             self._shared = MovingWindowRateLimiter(storage)
+        self._slot_lock = threading.Lock()
+        self._next_slot = 0.0  # time.monotonic() of this instance's next turn, at the earliest
         self._hold_lock = threading.Lock()
         self._hold_until_here = 0.0  # epoch seconds; this instance's own view
 
@@ -114,17 +116,37 @@ class Pacing:
         self._sleep(wait)
 
     def _wait_for_turn(self, deadline: float | None) -> None:
+        self._wait_for_own_slot(deadline)
         while True:
             granted, reset_at = self._try_turn(deadline)
             if granted:
                 return
             wait = max(0.0, reset_at - time.time()) + random.uniform(0, WAKE_JITTER)  # noqa: S311 - jitter
             if not _fits(wait, deadline):
-                raise TooManyRequestsError(
-                    f"the relay's own rate limit of {self.per_second} Threatscore lookups per second"
-                    " (THREATSCORE_RATE_LIMIT) was reached, and no turn came before the deadline"
-                )
+                raise self._over_budget()
             self._sleep(wait)
+
+    def _wait_for_own_slot(self, deadline: float | None) -> None:
+        """This instance's turns are spread out, one per 1/limit s at most.
+
+        The moving window alone grants a whole second's turns at once, and again a
+        second later: bursts that arrive at Threatscore bunched together. Spacing each
+        instance's turns keeps one instance's rate (the limit) and spreads the bursts.
+        """
+        with self._slot_lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            if not _fits(slot - now, deadline):
+                raise self._over_budget()
+            self._next_slot = slot + 1 / self.per_second
+        if slot > now:
+            self._sleep(slot - now)
+
+    def _over_budget(self) -> TooManyRequestsError:
+        return TooManyRequestsError(
+            f"the relay's own rate limit of {self.per_second} Threatscore lookups per second"
+            " (THREATSCORE_RATE_LIMIT) was reached, and no turn came before the deadline"
+        )
 
     def _try_turn(self, deadline: float | None) -> tuple[bool, float]:
         """(granted, when the next turn frees up, epoch seconds)."""
