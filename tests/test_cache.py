@@ -386,8 +386,10 @@ def test_redis_is_skipped_for_the_cooldown_after_a_failure_then_used_again(
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # no log flood
 
     clock.advance(0.1)
+    caplog.set_level(logging.INFO, logger="relay.redis_link")
     cache.put("ip:1.1.1.1", fresh(FOUND))
     assert answer_of(cache.get("ip:1.1.1.1")) == FOUND
+    assert "answers again" in caplog.text  # one line when the outage ends
 
 
 def test_redis_url_with_a_password(
