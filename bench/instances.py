@@ -27,8 +27,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from simulator import Scripted
+from simulator import ThreatscoreSimulator as FakeThreatscore
 from tests import answers
-from tests.fake_threatscore import FakeThreatscore, Scripted
 from tests.redis_process import RedisProcess
 from tests.relay_process import RelayProcess
 

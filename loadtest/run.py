@@ -19,9 +19,9 @@ from pathlib import Path
 
 import requests
 
+from simulator import Scripted, ThreatscoreSimulator
 from tests import answers
 from tests.ctim import check_answer
-from tests.fake_threatscore import FakeThreatscore, Scripted
 from tests.relay_process import RelayProcess
 
 MB = 1024 * 1024
@@ -296,14 +296,14 @@ def check_relay_log(relay: RelayProcess, report: LoadReport) -> None:
         report.log_problems.append("a traceback on the relay's stderr")
 
 
-def start_fake(config: LoadConfig, read_timeout: float = 1.0) -> FakeThreatscore:
-    fake = FakeThreatscore(latency=config.latency).start()
+def start_fake(config: LoadConfig, read_timeout: float = 1.0) -> ThreatscoreSimulator:
+    fake = ThreatscoreSimulator(latency=config.latency).start()
     fake.fallback(found_answer)
     fake.inject_faults(config.fault_rate, upstream_faults(read_timeout), seed=config.seed)
     return fake
 
 
-def relay_env(fake: FakeThreatscore, read_timeout: float = 1.0) -> dict[str, str]:
+def relay_env(fake: ThreatscoreSimulator, read_timeout: float = 1.0) -> dict[str, str]:
     return {
         "THREATSCORE_API_URL": fake.url,
         "THREATSCORE_TIMEOUT": f"{read_timeout:g}",

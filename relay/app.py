@@ -30,10 +30,11 @@ from relay.errors import (
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging
 from relay.lookup import Lookup
-from relay.ratelimit import build_pacing
+from relay.ratelimit import Pacing, build_pacing
 from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreClient, ScoreSource
+from relay.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,45 @@ def make_session(settings: Settings) -> requests.Session:
     return session
 
 
+def build_source(settings: Settings, session: requests.Session, pacing: Pacing | None = None) -> ScoreSource:
+    """The Threatscore client the settings call for (the function and `python -m relay` share it);
+    `pacing`: the rate limit and 429 hold-back (relay.ratelimit), if any."""
+    return ScoreClient(settings, session, pacing=pacing)
+
+
+def build_handlers(
+    settings: Settings,
+    source: ScoreSource,
+    cache: AnswerCache | None = None,
+    shared_flight: SharedFlight | None = None,
+) -> Handlers:
+    """The endpoint handlers in front of `source`, through the answer cache (and the single
+    flight across instances, with Redis)."""
+    cache = NoCache() if cache is None else cache
+    return Handlers(settings, Lookup(source, cache, settings.threatscore_max_concurrency, shared_flight))
+
+
+def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
+    """What this relay is, in one line (logged at start-up): nothing secret in it."""
+    backend = getattr(settings, "threatscore_api", "score")  # one backend until v3 is added
+    if settings.relay_auth == "jwks":
+        audience = "audience set" if settings.audience else "no audience set: the request URL"
+        auth = f"jwks (key hosts {', '.join(settings.jwks_hosts)}; {audience})"
+    elif settings.relay_auth == "secret":
+        auth = f"secret ({'audience set' if settings.audience else 'no audience check'})"
+    else:
+        auth = "none (calls are not authenticated)"
+    if isinstance(cache, NoCache) or (settings.cache_ttl <= 0 and settings.cache_negative_ttl <= 0):
+        cache_words = "off"
+    else:
+        where = f"Redis at {cache.server}" if getattr(cache, "server", None) else "in memory"
+        cache_words = f"{where}, {settings.cache_ttl:g} s found / {settings.cache_negative_ttl:g} s no data"
+    return (
+        f"Threatscore relay {VERSION}: backend {backend} at {settings.threatscore_api_url}; "
+        f"auth {auth}; cache {cache_words}; deadline {settings.relay_deadline:g} s"
+    )
+
+
 class RelayApp:
     def __init__(
         self,
@@ -87,10 +127,7 @@ class RelayApp:
         shared_flight: SharedFlight | None = None,
     ):
         self.settings = settings
-        lookup = Lookup(
-            source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency, shared_flight
-        )
-        self.handlers = Handlers(settings, lookup)
+        self.handlers = build_handlers(settings, source, cache, shared_flight)
         self.authenticator = authenticator
 
     @classmethod
@@ -101,13 +138,15 @@ class RelayApp:
         session = make_session(settings)
         redis_link = build_redis_link(settings.redis_url)  # what the instances share, if anything
         cache = build_cache(settings, redis_link)
-        return cls(
+        app = cls(
             settings,
-            ScoreClient(settings, session, pacing=build_pacing(settings, redis_link)),
+            build_source(settings, session, build_pacing(settings, redis_link)),
             build_authenticator(settings, session),
             cache,
             build_shared_flight(cache),
         )
+        logger.info("%s", describe_relay(settings, cache))
+        return app
 
     def handle(self, request: flask.Request) -> flask.Response:
         request_log = RequestLog(request.method, request.path, _execution_id(request))
@@ -144,7 +183,10 @@ class RelayApp:
         if route == "health":
             return self.handlers.health(context)
         observables = parse_observables(
-            self._read_body(request), self.settings.max_observables, self.settings.max_value_length
+            self._read_body(request),
+            self.settings.max_observables,
+            self.settings.max_value_length,
+            request_log.dropped,
         )
         request_log.observables = len(observables)
         if route == "observe/observables":

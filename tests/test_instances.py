@@ -18,9 +18,9 @@ import requests
 
 from relay.cache import REDIS_KEY_PREFIX, redis_lock_key
 from relay.ratelimit import HOLD_BACK_KEY
+from simulator import Scripted
 from tests import answers
 from tests.conftest import RedisServer
-from tests.fake_threatscore import Scripted
 from tests.relay_process import RelayProcess
 
 pytestmark = pytest.mark.timeout(120)
