@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from simulator import Scripted
-from simulator import ThreatscoreSimulator as FakeThreatscore
+from simulator import ThreatscoreSimulator as ThreatscoreSimulator
 from tests import answers
 from tests.redis_process import RedisProcess
 from tests.relay_process import RelayProcess
@@ -88,7 +88,7 @@ def entities(body: dict) -> dict:
 class Arrivals:
     """When each lookup reached the fake Threatscore: its `fallback` runs as a request arrives."""
 
-    def __init__(self, fake: FakeThreatscore):
+    def __init__(self, fake: ThreatscoreSimulator):
         self.times: list[float] = []
         self._lock = threading.Lock()
         fake.fallback(self._arrived)
@@ -112,7 +112,7 @@ class Arrivals:
         return best
 
 
-def case_g(fake: FakeThreatscore, relays: list[RelayProcess]) -> Row:
+def case_g(fake: ThreatscoreSimulator, relays: list[RelayProcess]) -> Row:
     value = "198.18.7.7"
     # The fake adds its own latency to every call: together, G_UPSTREAM_SECONDS.
     fake.answer(value, answers.FOUR_ENGINES, delay=max(0.0, G_UPSTREAM_SECONDS - fake.latency))
@@ -134,7 +134,7 @@ def case_g(fake: FakeThreatscore, relays: list[RelayProcess]) -> Row:
     )
 
 
-def case_j(fake: FakeThreatscore, relays: list[RelayProcess]) -> Row:
+def case_j(fake: ThreatscoreSimulator, relays: list[RelayProcess]) -> Row:
     value = {"type": "ip", "value": "198.18.9.9"}
     fake.answer(value["value"], answers.FOUR_ENGINES)
     first = post(relays[0].url, [value])
@@ -152,7 +152,7 @@ def case_j(fake: FakeThreatscore, relays: list[RelayProcess]) -> Row:
     )
 
 
-def case_h(fake: FakeThreatscore, relays: list[RelayProcess]) -> Row:
+def case_h(fake: ThreatscoreSimulator, relays: list[RelayProcess]) -> Row:
     arrivals = Arrivals(fake)
     batch = ips("198.19", H_OBSERVABLES)
     share = len(batch) // len(relays)
@@ -197,7 +197,7 @@ def case_h(fake: FakeThreatscore, relays: list[RelayProcess]) -> Row:
     )
 
 
-def case_i(fake: FakeThreatscore, relays: list[RelayProcess], redis: RedisProcess) -> Row:
+def case_i(fake: ThreatscoreSimulator, relays: list[RelayProcess], redis: RedisProcess) -> Row:
     batch = ips("198.20", I_OBSERVABLES)
     for item in batch:
         fake.answer(item["value"], answers.FOUR_ENGINES)
@@ -230,7 +230,7 @@ def case_i(fake: FakeThreatscore, relays: list[RelayProcess], redis: RedisProces
     )
 
 
-def cases_g_h_i_j(fake: FakeThreatscore, relay_env: dict[str, str], log_dir: Path) -> list[Row]:
+def cases_g_h_i_j(fake: ThreatscoreSimulator, relay_env: dict[str, str], log_dir: Path) -> list[Row]:
     """Starts one redis-server and the instances, runs the four cases, stops them all."""
     redis = RedisProcess(log_dir).start()
     relays: list[RelayProcess] = []
@@ -259,7 +259,7 @@ if __name__ == "__main__":  # these cases alone: python bench/instances.py
     import tempfile
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = FakeThreatscore(latency=0.1).start()
+    server = ThreatscoreSimulator(latency=0.1).start()
     try:
         with tempfile.TemporaryDirectory() as logs:
             env = {"THREATSCORE_API_URL": server.url, "RELAY_AUTH": "none"}
