@@ -254,7 +254,7 @@ def cases_g_h_i_j(fake: ThreatscoreSimulator, relay_env: dict[str, str], log_dir
         redis.stop()
 
 
-if __name__ == "__main__":  # these cases alone: python bench/instances.py
+if __name__ == "__main__":  # these cases alone: PYTHONPATH=. .venv/bin/python bench/instances.py
     import logging
     import tempfile
 
