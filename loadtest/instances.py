@@ -22,17 +22,27 @@ from tests.relay_process import RelayProcess
 
 
 class Instances:
-    """The relays as one: each `url` read is the next instance's; `rss_bytes` sums them."""
+    """The relays as one: each client thread talks to one instance (the clients are spread
+    over them in turn), as a caller behind a load balancer keeps its connection; `rss_bytes`
+    sums them.
+
+    One instance per client, not one per request: a keep-alive connection left idle while
+    its client talks to the others would be closed by gunicorn (2 s) just as it is reused.
+    """
 
     def __init__(self, relays: list[RelayProcess]):
         self.relays = relays
         self._turns = itertools.cycle(relays)
         self._lock = threading.Lock()
+        self._mine = threading.local()
 
     @property
     def url(self) -> str:
-        with self._lock:
-            return next(self._turns).url
+        relay = getattr(self._mine, "relay", None)
+        if relay is None:
+            with self._lock:
+                relay = self._mine.relay = next(self._turns)
+        return relay.url
 
     def rss_bytes(self) -> int:
         return sum(relay.rss_bytes() for relay in self.relays)
