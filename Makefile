@@ -61,8 +61,9 @@ bench: $(VENV)/.dev ## measure the speed targets (one markdown table)
 	$(BIN)/python bench/bench.py
 
 # The relay under load: 5,000 requests, 32 clients, 5 % upstream faults.
-loadtest: $(VENV)/.dev ## the relay under load, in front of the simulator with faults
-	$(BIN)/python -m loadtest
+# LOADTEST_ARGS="--instances 3 --redis": three relays sharing a redis-server, restarted mid-run.
+loadtest: $(VENV)/.dev redis-server ## the relay under load, in front of the simulator with faults
+	$(BIN)/python -m loadtest $(LOADTEST_ARGS)
 
 clean: ## remove .venv, tool caches and the simulator's files (.simulator/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .schemathesis .simulator bench-results

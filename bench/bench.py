@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import instances  # noqa: E402 - cases G-J (bench/instances.py): instances sharing one Redis
+
 from simulator import ThreatscoreSimulator  # noqa: E402
 from tests import answers  # noqa: E402 - after the path is set
 from tests.relay_process import stop_process, without_relay_settings  # noqa: E402
@@ -454,6 +456,9 @@ def main() -> int:
             )
         trivial.stop()
         rows += case_e(fake, relay_env, args)
+        # G-J script answers in the score API's shape.
+        score_env = {**relay_env, "THREATSCORE_API": "score"}
+        rows.extend(Row(*row) for row in instances.cases_g_h_i_j(fake, score_env, LOGS))
     finally:
         for function in functions:
             function.stop()

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=defaults.latency, help="seconds per lookup")
     parser.add_argument("--max-rss-growth-mb", type=float, default=defaults.max_rss_growth_mb)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--instances", type=int, default=defaults.instances, help="relay processes")
+    parser.add_argument("--redis", action="store_true", help="share a redis-server, restarted mid-run")
     args = parser.parse_args(argv)
     config = LoadConfig(
         requests=args.requests,
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         max_rss_growth_mb=args.max_rss_growth_mb,
         seed=args.seed,
+        instances=args.instances,
+        redis=args.redis,
     )
     # The fake Threatscore runs in this process: its access log and the tracebacks of
     # its injected resets are noise here.

@@ -38,6 +38,8 @@ class LoadConfig:
     latency: float = 0.02  # seconds Threatscore takes for every lookup
     max_rss_growth_mb: float = 50.0
     seed: int = 1
+    instances: int = 1  # relay processes (loadtest/instances.py when more than one, or with Redis)
+    redis: bool = False  # share one redis-server, restarted halfway through the run
 
     @property
     def warmup(self) -> int:
@@ -131,6 +133,7 @@ class LoadReport:
     faults_injected: Counter = field(default_factory=Counter)
     request_log_lines: int = 0
     log_problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what happened during the run (Redis restarts)
 
     @property
     def answered(self) -> int:
@@ -204,6 +207,9 @@ class LoadReport:
             f"{self.rss_growth / MB:+.1f} MB (limit {config.max_rss_growth_mb:g} MB)",
             f"  relay log:   {self.request_log_lines} request lines, every stdout line JSON"
             + ("" if not self.log_problems else f"; {len(self.log_problems)} problems"),
+        ]
+        lines += [
+            f"  instances:   {config.instances}, Redis: {'; '.join(self.notes)}" for _ in self.notes[:1]
         ]
         lines += [f"  problem: {problem}" for problem in self.problems[:10]]
         failures = self.failures()
@@ -290,14 +296,15 @@ def check_relay_log(relay: RelayProcess, report: LoadReport) -> None:
         report.log_problems.append("a traceback on the relay's stderr")
 
 
-def run_load(config: LoadConfig, log_dir: Path | None = None, progress=None) -> LoadReport:
-    """Runs the whole load test and returns its report (see `LoadReport.failures`)."""
-    report = LoadReport(config)
-    read_timeout = 1.0
+def start_fake(config: LoadConfig, read_timeout: float = 1.0) -> ThreatscoreSimulator:
     fake = ThreatscoreSimulator(latency=config.latency).start()
     fake.fallback(found_answer)
     fake.inject_faults(config.fault_rate, upstream_faults(read_timeout), seed=config.seed)
-    env = {
+    return fake
+
+
+def relay_env(fake: ThreatscoreSimulator, read_timeout: float = 1.0) -> dict[str, str]:
+    return {
         # Its answers are shaped like the score API's.
         "THREATSCORE_API": "score",
         "THREATSCORE_API_URL": fake.url,
@@ -306,6 +313,18 @@ def run_load(config: LoadConfig, log_dir: Path | None = None, progress=None) -> 
         "RELAY_AUTH": "none",
         "LOG_LEVEL": "INFO",
     }
+
+
+def run_load(config: LoadConfig, log_dir: Path | None = None, progress=None) -> LoadReport:
+    """Runs the whole load test and returns its report (see `LoadReport.failures`)."""
+    if config.instances > 1 or config.redis:
+        from loadtest.instances import run_many_instances
+
+        return run_many_instances(config, log_dir, progress)
+    report = LoadReport(config)
+    read_timeout = 1.0
+    fake = start_fake(config, read_timeout)
+    env = relay_env(fake, read_timeout)
     with tempfile.TemporaryDirectory() as scratch:
         relay = RelayProcess(env, log_dir or Path(scratch))
         try:

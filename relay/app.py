@@ -18,7 +18,7 @@ import requests
 from werkzeug.exceptions import HTTPException
 
 from relay.auth import Authenticator, build_authenticator
-from relay.cache import AnswerCache, NoCache, build_cache
+from relay.cache import AnswerCache, NoCache, SharedFlight, build_cache, build_shared_flight
 from relay.config import Settings
 from relay.errors import (
     InternalError,
@@ -31,6 +31,8 @@ from relay.errors import (
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging, trace_fields
 from relay.lookup import Lookup
+from relay.ratelimit import build_pacing
+from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreSource, build_source
 from relay.version import VERSION
@@ -77,10 +79,16 @@ def make_session(settings: Settings) -> requests.Session:
     return session
 
 
-def build_handlers(settings: Settings, source: ScoreSource, cache: AnswerCache | None = None) -> Handlers:
-    """The endpoint handlers in front of `source`, through the answer cache."""
-    lookup = Lookup(source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency)
-    return Handlers(settings, lookup)
+def build_handlers(
+    settings: Settings,
+    source: ScoreSource,
+    cache: AnswerCache | None = None,
+    shared_flight: SharedFlight | None = None,
+) -> Handlers:
+    """The endpoint handlers in front of `source`, through the answer cache (and the single
+    flight across instances, with Redis)."""
+    cache = NoCache() if cache is None else cache
+    return Handlers(settings, Lookup(source, cache, settings.threatscore_max_concurrency, shared_flight))
 
 
 def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
@@ -111,9 +119,10 @@ class RelayApp:
         source: ScoreSource,
         authenticator: Authenticator,
         cache: AnswerCache | None = None,
+        shared_flight: SharedFlight | None = None,
     ):
         self.settings = settings
-        self.handlers = build_handlers(settings, source, cache)
+        self.handlers = build_handlers(settings, source, cache, shared_flight)
         self.authenticator = authenticator
 
     @classmethod
@@ -122,8 +131,15 @@ class RelayApp:
         settings = Settings.from_env()
         setup_logging(settings.log_level, settings.service_name, VERSION)
         session = make_session(settings)
-        cache = build_cache(settings)
-        app = cls(settings, build_source(settings, session), build_authenticator(settings, session), cache)
+        redis_link = build_redis_link(settings.redis_url)  # what the instances share, if anything
+        cache = build_cache(settings, redis_link)
+        app = cls(
+            settings,
+            build_source(settings, session, build_pacing(settings, redis_link)),
+            build_authenticator(settings, session),
+            cache,
+            build_shared_flight(cache),
+        )
         logger.info("%s", describe_relay(settings, cache))
         # What start-up made (modules, the app) lives as long as the process: keep it out of the
         # collector's full passes, which would otherwise make some request pay tens of ms (seen

@@ -221,6 +221,9 @@ class Settings:
     threatscore_max_concurrency: int = setting("THREATSCORE_MAX_CONCURRENCY", positive_int, 10)
     threatscore_retries: int = setting("THREATSCORE_RETRIES", non_negative_int, 2)
     threatscore_max_body_bytes: int = setting("THREATSCORE_MAX_BODY_BYTES", positive_int, 5 * 1024 * 1024)
+    # Lookups per second sent to Threatscore by all instances together (shared through
+    # Redis when REDIS_URL is set, else per instance); 0: no limit.
+    threatscore_rate_limit: int = setting("THREATSCORE_RATE_LIMIT", non_negative_int, 0)
     health_observable: str = setting("HEALTH_OBSERVABLE", text, "127.0.0.100")
 
     # CTIM
@@ -250,6 +253,11 @@ class Settings:
     cache_ttl: float = setting("CACHE_TTL", non_negative_float, 3600.0)
     cache_negative_ttl: float = setting("CACHE_NEGATIVE_TTL", non_negative_float, 600.0)
     cache_max_entries: int = setting("CACHE_MAX_ENTRIES", positive_int, 10000)
+    # The memory cache (the tier in front of Redis with REDIS_URL) holds at most this many
+    # bytes of answers, counted as their JSON size.
+    cache_max_bytes: int = setting("CACHE_MAX_BYTES", positive_int, 32 * 1024 * 1024)
+    # With REDIS_URL: how long the memory tier keeps an answer (Redis keeps it for CACHE_TTL).
+    cache_memory_ttl: float = setting("CACHE_MEMORY_TTL", non_negative_float, 60.0)
     # A secret: the URL may carry Redis's password.
     redis_url: str | None = setting("REDIS_URL", text, None, secret=True)
 

@@ -110,7 +110,10 @@ class Handlers:
                 context.stats.count_error(outcome.error.code, outcome.error.message)
                 continue
             try:
-                entities = map_answer(observable, outcome.answer, options, now=context.now)
+                # valid_time counts from when Threatscore was asked: a cached answer maps the same everywhere.
+                entities = map_answer(
+                    observable, outcome.answer, options, now=outcome.fetched_at or context.now
+                )
             except Exception:  # one answer the relay cannot map costs that observable only
                 logger.exception("mapping a Threatscore answer to CTIM failed")
                 self._lookup.forget(observable.cache_key)  # ask again next time

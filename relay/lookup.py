@@ -6,8 +6,10 @@ that explains why not; one failure never costs the others their results.
 
 `Lookup` is built once per process. What it shares between requests is the
 answer cache and the single flight (so that concurrent requests for one
-observable cost one upstream call); everything about one request stays in
-the arguments of `look_up`.
+observable cost one upstream call: within the instance by `SingleFlight`,
+across instances by `SharedFlight` when Redis is there); everything about one
+request stays in the arguments of `look_up`. A request waits for a flight it
+shares only until its own deadline.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from relay.cache import AnswerCache, SingleFlight
+from relay.cache import AnswerCache, CacheHit, FlightWaitTimeoutError, SharedFlight, SingleFlight
 from relay.errors import DeadlineExceededError, InternalError, RelayError
 from relay.logs import RequestStats
 from relay.observables import Observable
@@ -31,14 +34,30 @@ logger = logging.getLogger(__name__)
 class Outcome:
     answer: dict | None = None  # None with no error: Threatscore has no data
     error: RelayError | None = None
+    # When Threatscore was asked for this answer (from the cache: when it was first asked).
+    fetched_at: datetime | None = None
+
+    @classmethod
+    def from_hit(cls, hit: CacheHit) -> Outcome:
+        return cls(answer=hit.answer, fetched_at=datetime.fromtimestamp(hit.fetched_at, UTC))
+
+
+NOT_IN_TIME = "Threatscore did not answer before the relay's deadline"
 
 
 class Lookup:
-    def __init__(self, source: ScoreSource, cache: AnswerCache, max_concurrency: int):
+    def __init__(
+        self,
+        source: ScoreSource,
+        cache: AnswerCache,
+        max_concurrency: int,
+        shared_flight: SharedFlight | None = None,
+    ):
         self._source = source
         self._cache = cache
         self._max_concurrency = max_concurrency
         self._flight = SingleFlight()
+        self._shared_flight = shared_flight
 
     def look_up(
         self, observables: list[Observable], deadline: float, stats: RequestStats
@@ -58,10 +77,10 @@ class Lookup:
                 continue
             # In the request's own thread: an all-cached request starts no thread at all.
             # Past the deadline (a slow shared cache), the rest only collect their timeouts.
-            hit = self._cache.get(key) if time.monotonic() < deadline else None
+            hit = self._cache.get(key, deadline) if time.monotonic() < deadline else None
             if hit is not None:
                 stats.count_cache_hit()
-                outcomes[key] = Outcome(answer=hit.answer)
+                outcomes[key] = Outcome.from_hit(hit)
             else:
                 misses[key] = observable
         if misses:
@@ -77,13 +96,14 @@ class Lookup:
         """A real upstream call whatever the cache holds (the health check), answered by the
         deadline like any lookup; a good answer refreshes the cache that observe and
         deliberate read."""
-        return self._fetch_all([observable], deadline, stats, self._probed)[observable.cache_key]
+        return self._fetch_all([observable], deadline, stats, self._asked)[observable.cache_key]
 
-    def _probed(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
+    def _asked(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
         stats.count_upstream_call()
-        outcome = _fetched(self._source, observable, deadline)
-        if outcome.error is None:
-            self._cache.put(observable.cache_key, outcome.answer)
+        fetched_at = time.time()
+        outcome = _fetched(self._source, observable, deadline, fetched_at)
+        if outcome.error is None:  # errors are never cached: the next lookup asks again
+            self._cache.put(observable.cache_key, CacheHit(outcome.answer, fetched_at), deadline)
         return outcome
 
     def _fetch_all(
@@ -110,9 +130,7 @@ class Lookup:
                 if future in done:
                     outcomes[observable.cache_key] = future.result()
                 else:
-                    outcomes[observable.cache_key] = Outcome(
-                        error=DeadlineExceededError("Threatscore did not answer before the relay's deadline")
-                    )
+                    outcomes[observable.cache_key] = Outcome(error=DeadlineExceededError(NOT_IN_TIME))
             return outcomes
         finally:
             # Late lookups finish in the background (their timeouts end at the deadline);
@@ -124,38 +142,56 @@ class Lookup:
 
         Only the request whose flight it is counts the call (or the late hit) in its stats.
         """
-        outcome = self._flight.do(
-            observable.cache_key, lambda: self._cached_or_fetched(observable, deadline, stats)
-        )
+        outcome = self._joined(observable, deadline, stats)
         if (
             isinstance(outcome.error, DeadlineExceededError)
             and time.monotonic() < deadline - MIN_ATTEMPT_SECONDS
         ):
             # The flight it joined belonged to a request with less time left: this request
             # still has time of its own, so it asks again (leading a flight of its own).
-            outcome = self._flight.do(
-                observable.cache_key, lambda: self._cached_or_fetched(observable, deadline, stats)
-            )
+            outcome = self._joined(observable, deadline, stats)
         return outcome
+
+    def _joined(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
+        """The in-instance flight for this observable, waited for until this request's deadline."""
+        try:
+            return self._flight.do(
+                observable.cache_key, lambda: self._cached_or_fetched(observable, deadline, stats), deadline
+            )
+        except FlightWaitTimeoutError:
+            return Outcome(error=DeadlineExceededError(NOT_IN_TIME))
 
     def _cached_or_fetched(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
         # Asked again: a flight for this key may have finished since the request's first look.
-        hit = self._cache.get(observable.cache_key)
+        hit = self._cache.get(observable.cache_key, deadline)
         if hit is not None:
             stats.count_cache_hit()
-            return Outcome(answer=hit.answer)
-        stats.count_upstream_call()
-        outcome = _fetched(self._source, observable, deadline)
-        if outcome.error is None:  # errors are never cached: the next lookup asks again
-            self._cache.put(observable.cache_key, outcome.answer)
-        return outcome
+            return Outcome.from_hit(hit)
+        if self._shared_flight is None:
+            return self._asked(observable, deadline, stats)
+
+        def answered_elsewhere(hit: CacheHit) -> Outcome:
+            stats.count_cache_hit()
+            self._cache.put(observable.cache_key, hit, deadline)  # into the memory tier
+            return Outcome.from_hit(hit)
+
+        try:
+            return self._shared_flight.run(
+                observable.cache_key,
+                deadline,
+                lambda: self._asked(observable, deadline, stats),
+                answered_elsewhere,
+            )
+        except FlightWaitTimeoutError:
+            return Outcome(error=DeadlineExceededError(NOT_IN_TIME))
 
 
-def _fetched(source: ScoreSource, observable: Observable, deadline: float) -> Outcome:
+def _fetched(source: ScoreSource, observable: Observable, deadline: float, fetched_at: float) -> Outcome:
     try:
-        return Outcome(answer=source.score(observable.lookup_value, deadline))
+        answer = source.score(observable.lookup_value, deadline)
     except RelayError as error:
         return Outcome(error=error)
     except Exception:  # a bug must cost one observable, never the whole answer
         logger.exception("unexpected failure while looking up an observable")
         return Outcome(error=InternalError("the relay failed to process Threatscore's answer"))
+    return Outcome(answer=answer, fetched_at=datetime.fromtimestamp(fetched_at, UTC))

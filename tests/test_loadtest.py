@@ -62,3 +62,11 @@ def test_a_short_load_run_meets_every_check(tmp_path):
     report = run_load(LoadConfig(requests=500, clients=8), log_dir=tmp_path)
     assert report.failures() == [], report.render()
     assert report.observables_sent == 1500 and sum(report.faults_injected.values()) > 0
+
+
+def test_a_short_run_on_three_instances_with_redis_restarted_midway_meets_every_check(tmp_path):
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    report = run_load(LoadConfig(requests=300, clients=8, instances=3, redis=True), log_dir=tmp_path)
+    assert report.failures() == [], report.render()
+    assert report.notes[0].startswith("Redis killed after") and report.notes[1].startswith("Redis back")
+    assert report.observables_sent == 900 and report.request_log_lines == 300

@@ -302,26 +302,33 @@ def test_with_redis_down_requests_are_answered_from_threatscore(
     client = make_client(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     sent = [{"type": "ip", "value": "198.51.100.7"}]
 
-    with caplog.at_level(logging.WARNING, logger="relay.cache"):
+    with caplog.at_level(logging.WARNING, logger="relay.redis_link"):
         body, elapsed = timed(lambda: post(client, OBSERVE, sent))
 
     assert set(body) == {"data"} and observables_in(body) == sent
     assert threatscore.calls_for("198.51.100.7") == 1
     assert elapsed < 2
-    assert "Redis cache read" in caplog.text
+    assert "Redis read at 127.0.0.1" in caplog.text
 
 
-def test_redis_dying_between_requests_costs_no_request(threatscore, make_client, redis_server):
+def test_redis_dying_between_requests_costs_no_request_and_the_memory_tier_answers(
+    threatscore, make_client, redis_server
+):
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    threatscore.answer("198.51.100.8", answers.FOUR_ENGINES)
     client = make_client(REDIS_URL=redis_server.url)
-    sent = [{"type": "ip", "value": "198.51.100.7"}]
-    post(client, OBSERVE, sent)
+    first = post(client, OBSERVE, [{"type": "ip", "value": "198.51.100.7"}])
 
     redis_server.kill()
 
+    sent = [{"type": "ip", "value": "198.51.100.7"}, {"type": "ip", "value": "198.51.100.8"}]
     body = post(client, OBSERVE, sent)
     assert observables_in(body) == sent
-    assert threatscore.calls_for("198.51.100.7") == 2
+    assert threatscore.calls_for("198.51.100.7") == 1  # held by the memory tier
+    assert threatscore.calls_for("198.51.100.8") == 1
+    again = post(client, OBSERVE, sent)  # Redis still down: the memory tier kept storing
+    assert threatscore.total_calls == 2
+    assert again["data"]["judgements"]["docs"][:5] == first["data"]["judgements"]["docs"]
 
 
 # --- deadlines are each request's own -------------------------------------------------------------
@@ -342,7 +349,7 @@ def test_a_request_joining_a_shorter_deadlined_lookup_still_gets_its_answer(thre
 class SlowCache(NoCache):
     """A shared cache that takes its time to answer (a struggling Redis)."""
 
-    def get(self, key):
+    def get(self, key, deadline=None):
         time.sleep(0.02)
         return None
 
@@ -364,3 +371,33 @@ def test_health_answers_by_the_deadline_even_when_the_probe_trickles(threatscore
     assert body["errors"][0]["code"] == "health check failed"
     assert "deadline" in body["errors"][0]["message"]
     assert elapsed < 1.6
+
+
+def test_a_request_joining_a_hung_flight_waits_only_until_its_own_deadline(threatscore, make_lookup):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES, delay=1.9)  # the read timeout is 2 s
+    lookup = make_lookup()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        patient = pool.submit(lookup.look_up, [ip("198.51.100.7")], time.monotonic() + 20, RequestStats())
+        give_up_at = time.monotonic() + 10
+        while threatscore.calls_for("198.51.100.7") == 0 and time.monotonic() < give_up_at:
+            time.sleep(0.01)  # until the patient request's call has reached the upstream
+        hurried, elapsed = timed(
+            lambda: lookup.look_up([ip("198.51.100.7")], time.monotonic() + 0.3, RequestStats())
+        )
+        assert hurried["ip:198.51.100.7"].error.code == "timeout"
+        assert elapsed < 0.3 + 0.9  # not the rest of the flight it joined
+        assert patient.result()["ip:198.51.100.7"].answer is not None
+    assert threatscore.calls_for("198.51.100.7") == 1  # it joined, and asked nothing of its own
+
+
+def test_an_outcome_keeps_when_threatscore_was_asked_also_from_the_cache(threatscore, make_lookup):
+    from relay.cache import MemoryCache
+
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    lookup = make_lookup(cache=MemoryCache(max_entries=10, ttl=60, negative_ttl=60))
+    before = time.time()
+    fetched = lookup.look_up([ip("198.51.100.7")], time.monotonic() + 10, RequestStats())["ip:198.51.100.7"]
+    cached = lookup.look_up([ip("198.51.100.7")], time.monotonic() + 10, RequestStats())["ip:198.51.100.7"]
+    assert before <= fetched.fetched_at.timestamp() <= time.time()
+    assert cached.fetched_at == fetched.fetched_at
+    assert threatscore.calls_for("198.51.100.7") == 1

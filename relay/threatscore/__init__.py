@@ -12,7 +12,7 @@ import requests
 
 from relay.config import Settings
 from relay.threatscore.score import ScoreClient
-from relay.threatscore.transport import MIN_ATTEMPT_SECONDS, USER_AGENT
+from relay.threatscore.transport import MIN_ATTEMPT_SECONDS, USER_AGENT, Pacing
 from relay.threatscore.v3 import V3Client
 
 __all__ = ["MIN_ATTEMPT_SECONDS", "USER_AGENT", "ScoreClient", "ScoreSource", "V3Client", "build_source"]
@@ -28,6 +28,7 @@ class ScoreSource(Protocol):
         """
 
 
-def build_source(settings: Settings, session: requests.Session) -> ScoreSource:
-    """The client of the API that THREATSCORE_API names."""
-    return CLIENTS[settings.threatscore_api](settings, session)
+def build_source(settings: Settings, session: requests.Session, pacing: Pacing | None = None) -> ScoreSource:
+    """The client of the API that THREATSCORE_API names; `pacing`: the rate limit and 429
+    hold-back (relay.ratelimit), if any."""
+    return CLIENTS[settings.threatscore_api](settings, session, pacing=pacing)

@@ -11,7 +11,7 @@ import requests
 from relay.config import Settings
 from relay.errors import InvalidArgumentError
 from relay.schemas import ScoreAnswer, parse_score_answer
-from relay.threatscore.transport import Transport, error_message, parse_json, status_error
+from relay.threatscore.transport import Pacing, Transport, error_message, parse_json, status_error
 
 # The one 404 that means "no data" rather than a wrong URL.
 NOT_FOUND_MARKER = "observable not found"
@@ -23,9 +23,10 @@ class ScoreClient:
         settings: Settings,
         session: requests.Session,
         sleep: Callable[[float], None] = time.sleep,
+        pacing: Pacing | None = None,
     ):
         self._base_url = settings.threatscore_api_url
-        self._transport = Transport(settings, session, sleep)
+        self._transport = Transport(settings, session, sleep, pacing)
 
     def url_for(self, value: str) -> str:
         """One path segment, whatever the value holds: no `/`, `?`, `#` or `..` can steer the path."""

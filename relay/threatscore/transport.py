@@ -14,7 +14,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import requests
 import urllib3
@@ -48,6 +48,14 @@ RETRY_JITTER = 0.1
 RETRY_BACKOFF_MAX = 5.0
 # An attempt that would have less time than this before the deadline is not worth starting.
 MIN_ATTEMPT_SECONDS = 0.05
+
+
+class Pacing(Protocol):
+    """What paces the attempts (relay.ratelimit): a turn before each, a hold-back after a 429."""
+
+    def before_attempt(self, deadline: float | None) -> None: ...
+
+    def rate_limited(self, retry_after: float) -> None: ...
 
 
 class RetryPolicy(Retry):
@@ -108,7 +116,9 @@ class Transport:
         settings: Settings,
         session: requests.Session,
         sleep: Callable[[float], None] = time.sleep,
+        pacing: Pacing | None = None,
     ):
+        self._pacing = pacing  # the rate limit and 429 hold-back shared by all instances
         self._timeout = settings.threatscore_timeout
         self._max_body_bytes = settings.threatscore_max_body_bytes
         self._session = session
@@ -133,6 +143,8 @@ class Transport:
         """
         retry: Retry = self._retry_policy
         while True:
+            if self._pacing is not None:
+                self._pacing.before_attempt(deadline)  # may wait for a turn, or raise
             try:
                 reply = self._fetch(method, url, deadline, json_body)
             except _RetryableConnectionError as failure:
@@ -152,6 +164,8 @@ class Transport:
                     raise last_error from None
                 retry_after = _retry_after(retry, reply.raw)
                 wait = retry.get_backoff_time() if retry_after is None else retry_after
+                if reply.status == 429 and retry_after is not None and self._pacing is not None:
+                    self._pacing.rate_limited(retry_after)  # every instance holds back
                 if reply.status == 429 and retry_after is not None and not _fits(wait, deadline):
                     raise TooManyRequestsError(
                         f"Threatscore is rate limiting the relay (HTTP 429) and asks to wait {wait:g} s,"

@@ -13,7 +13,7 @@ import requests
 
 from relay.config import Settings
 from relay.schemas import V3Answer, parse_v3_answer
-from relay.threatscore.transport import Transport, error_message, parse_json, status_error
+from relay.threatscore.transport import Pacing, Transport, error_message, parse_json, status_error
 
 SEARCH_PATH = "/api/v3/observables/search/by-value"
 # The one 404 that means "no data" rather than a wrong URL (as the score API says it).
@@ -26,9 +26,10 @@ class V3Client:
         settings: Settings,
         session: requests.Session,
         sleep: Callable[[float], None] = time.sleep,
+        pacing: Pacing | None = None,
     ):
         self._search_url = settings.threatscore_api_url + SEARCH_PATH
-        self._transport = Transport(settings, session, sleep)
+        self._transport = Transport(settings, session, sleep, pacing)
 
     def score(self, value: str, deadline: float | None = None) -> V3Answer | None:
         status, body = self._transport.exchange("POST", self._search_url, deadline, {"data": value})

@@ -1,0 +1,86 @@
+"""Tests for relay.ratelimit without Redis (per instance) and with a real redis-server;
+the many-instance behaviour is in tests/test_instances.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from relay.errors import TooManyRequestsError
+from relay.ratelimit import HOLD_BACK_KEY, Pacing
+from relay.redis_link import RedisLink, make_redis_client
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class RecordedSleep:
+    """Stands in for time.sleep: records the waits instead of sleeping them."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def test_no_limit_never_waits() -> None:
+    sleep = RecordedSleep()
+    pacing = Pacing(0, None, sleep=sleep)
+    for _ in range(1000):
+        pacing.before_attempt(time.monotonic() + 1)
+    assert sleep.waits == []
+
+
+def test_per_instance_turns_are_spread_and_refused_past_the_deadline() -> None:
+    pacing = Pacing(10, None)
+    deadline = time.monotonic() + 0.35
+    granted, refused = 0, []
+    for _ in range(10):
+        try:
+            pacing.before_attempt(deadline)
+            granted += 1
+        except TooManyRequestsError as error:
+            refused.append(error.message)
+    # One turn per 0.1 s: 0, 0.1, 0.2 (0.3 leaves too little before the deadline).
+    assert 3 <= granted <= 4
+    assert len(refused) == 10 - granted
+    assert all("relay's own rate limit of 10" in message for message in refused)
+
+
+def test_a_429_holds_this_instance_back_without_redis() -> None:
+    sleep = RecordedSleep()
+    pacing = Pacing(0, None, sleep=sleep)
+    pacing.rate_limited(2.0)
+    pacing.before_attempt(time.monotonic() + 10)
+    assert len(sleep.waits) == 1 and 1.5 < sleep.waits[0] <= 2.0
+    with pytest.raises(TooManyRequestsError, match="Retry-After"):
+        pacing.before_attempt(time.monotonic() + 1)  # still held: the wait was not slept
+
+
+def test_a_429_is_shared_through_redis_and_a_foreign_value_is_ignored(redis_server: RedisServer) -> None:
+    sleep = RecordedSleep()
+    first = Pacing(0, RedisLink(make_redis_client(redis_server.url)))
+    second = Pacing(0, RedisLink(make_redis_client(redis_server.url)), sleep=sleep)
+    first.rate_limited(3.0)
+    with pytest.raises(TooManyRequestsError, match="Retry-After"):
+        second.before_attempt(time.monotonic() + 1)
+    second.before_attempt(time.monotonic() + 10)
+    assert len(sleep.waits) == 1 and 2.0 < sleep.waits[0] <= 3.0
+    with redis_server.client() as direct:
+        assert 0 < direct.pttl(HOLD_BACK_KEY) <= 3000
+        for foreign in (b"inf", b"nan", b"soon", b"-1"):
+            direct.set(HOLD_BACK_KEY, foreign)
+            Pacing(0, RedisLink(make_redis_client(redis_server.url))).before_attempt(time.monotonic() + 1)
+
+
+def test_the_shared_limit_survives_a_redis_restart(redis_server: RedisServer) -> None:
+    pacing = Pacing(1000, RedisLink(make_redis_client(redis_server.url), cooldown=0))
+    pacing.before_attempt(time.monotonic() + 5)
+    redis_server.kill()
+    pacing.before_attempt(time.monotonic() + 5)  # per instance meanwhile
+    redis_server.start()  # empty: the limiter's Lua scripts are loaded again
+    pacing.before_attempt(time.monotonic() + 5)
+    with redis_server.client() as direct:
+        assert any(b"threatscore" in key for key in direct.keys("*"))
