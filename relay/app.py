@@ -17,6 +17,7 @@ import requests
 from werkzeug.exceptions import HTTPException
 
 from relay.auth import Authenticator, build_authenticator
+from relay.bounded_fetch import bounded_session
 from relay.cache import AnswerCache, NoCache, build_cache
 from relay.config import Settings
 from relay.errors import (
@@ -65,14 +66,10 @@ def make_session(settings: Settings) -> requests.Session:
 
     No `Retry` on the adapter: the Threatscore client retries within each
     request's deadline (see `relay.threatscore.transport`), and the authenticator's
-    key fetches are not retried.
+    key fetches are not retried. Its adapter lets `relay.bounded_fetch` end any
+    exchange in wall-clock time.
     """
-    session = requests.Session()
-    pool_size = max(10, settings.threatscore_max_concurrency * REQUESTS_FANNING_OUT_AT_ONCE)
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    return bounded_session(max(10, settings.threatscore_max_concurrency * REQUESTS_FANNING_OUT_AT_ONCE))
 
 
 class RelayApp:
