@@ -104,10 +104,14 @@ def fetch(
         finally:
             _current.guard = None
         try:
+            if guard.expired:  # the watchdog ended the headers: what arrived is not an answer
+                raise FetchError(OUT_OF_TIME)
             if 300 <= response.status_code < 400:
                 _discard(response)
                 return Fetched(response.status_code, response.headers, b"", response.raw)
             body = _read_capped(response, max_body_bytes, give_up_at)
+            if guard.expired:  # the watchdog cut the body short, at a place that looked like an end
+                raise FetchError(OUT_OF_TIME)
             return Fetched(response.status_code, response.headers, body, response.raw)
         except BaseException:
             _discard(response)

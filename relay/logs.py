@@ -196,6 +196,9 @@ def setup_logging(level: str) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # urllib3 logs every upstream URL at DEBUG, and an URL holds an observable value (request data).
     logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))
+    # A malformed answer's headers are the relay's error to report, in its words; urllib3's
+    # warning would add a trace and the URL.
+    logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 
 class RequestStats:
