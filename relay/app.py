@@ -42,14 +42,19 @@ ENDPOINTS = (*OBSERVABLE_ENDPOINTS, "health", "version")
 EXECUTION_ID_HEADER = "Function-Execution-Id"
 
 
-def route_for(path: str) -> str | None:
+def route_for(path: str, function_names: tuple[str, ...] = ("relay",)) -> str | None:
     """The endpoint a path names, with or without the function's name in front.
 
     Google Cloud can hand the function `/relay/observe/observables`; locally
-    it is `/observe/observables`.
+    it is `/observe/observables`. Only the function's own name may come first:
+    with any first segment accepted, a token for another module at the same
+    origin (`/other/...`, its audience) would pass once the Host is spoofed.
     """
     segments = [segment for segment in path.split("/") if segment]
-    for candidate in (segments, segments[1:]):
+    candidates = [segments]
+    if segments and segments[0] in function_names:
+        candidates.append(segments[1:])
+    for candidate in candidates:
         route = "/".join(candidate)
         if route in ENDPOINTS:
             return route
@@ -105,7 +110,7 @@ class RelayApp:
         return _leaving_the_body_unread(response)
 
     def _respond(self, request: flask.Request, request_log: RequestLog) -> flask.Response:
-        route = route_for(request.path)
+        route = route_for(request.path, self.settings.function_names)
         if route is None:
             error = NotFoundError(f"No such endpoint: {request.path[:200]}")
             return _error_response(error, request_log, 404)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from relay import bounded_fetch
 from relay.bounded_fetch import FetchError, bounded_session, fetch
-from relay.config import ConfigError, Settings
+from relay.config import MAX_ENTITIES_LIMIT, ConfigError, Settings
 from relay.errors import AuthorizationError
 from relay.version import VERSION
 
@@ -430,8 +430,11 @@ def verified_claims(token: str, key: jwt.PyJWK | str, algorithm: str, leeway: fl
             key=key,
             algorithms=[algorithm],
             leeway=leeway,
-            options={"verify_aud": False, "enforce_minimum_key_length": True},
+            # A token without `exp` would be good forever: refused, whoever signed it.
+            options={"verify_aud": False, "enforce_minimum_key_length": True, "require": ["exp"]},
         )
+    except jwt.MissingRequiredClaimError:
+        raise AuthorizationError("token has no exp (an expiry is required)") from None
     except jwt.ExpiredSignatureError:
         raise AuthorizationError("token expired") from None
     except jwt.ImmatureSignatureError:
@@ -486,12 +489,13 @@ def normalised_url(url: str) -> str:
 
 
 def entities_limit_from(claims: Mapping[str, Any]) -> int | None:
-    """The positive CTR_ENTITIES_LIMIT claim (int or digit string), else None."""
+    """The positive CTR_ENTITIES_LIMIT claim (int or digit string), at most `MAX_ENTITIES_LIMIT`;
+    else None."""
     value = claims.get(ENTITIES_LIMIT_CLAIM)
     if isinstance(value, bool):
         return None
     if isinstance(value, str) and _SMALL_NUMBER.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, int) and value > 0:
-        return value
+        return min(value, MAX_ENTITIES_LIMIT)
     return None
