@@ -161,7 +161,7 @@ def test_a_relay_with_a_plain_http_upstream_does_not_start(tmp_path):
         [sys.executable, "-c", "from relay.app import RelayApp; RelayApp.from_env()"],
         cwd=ROOT,
         env={
-            **without_relay_settings(__import__("os").environ),
+            **without_relay_settings(os.environ),
             "THREATSCORE_API_URL": "http://threatscore.example",
         },
         capture_output=True,
