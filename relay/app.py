@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 
 import flask
@@ -40,6 +41,8 @@ OBSERVABLE_ENDPOINTS = ("observe/observables", "deliberate/observables", "refer/
 ENDPOINTS = (*OBSERVABLE_ENDPOINTS, "health", "version")
 
 EXECUTION_ID_HEADER = "Function-Execution-Id"
+# Google's execution ids are 12 letters and digits; a little leeway for other front ends.
+_GOOGLE_EXECUTION_ID = re.compile(r"[A-Za-z0-9]{8,32}")
 
 
 def route_for(path: str, function_names: tuple[str, ...] = ("relay",)) -> str | None:
@@ -196,8 +199,14 @@ def _error_response(
 
 
 def _execution_id(request: flask.Request) -> str:
-    """Google's id of this execution, or one of our own (functions-framework sets the header)."""
-    return request.headers.get(EXECUTION_ID_HEADER, "")[:64] or uuid.uuid4().hex[:12]
+    """Google's id of this execution, or one of our own.
+
+    The header is copied into every line's labels: only Google's form (letters
+    and digits, 12 of them from Google's front end and functions-framework) is
+    taken; anything a caller made up gets an id of the relay's own.
+    """
+    given = request.headers.get(EXECUTION_ID_HEADER, "")
+    return given if _GOOGLE_EXECUTION_ID.fullmatch(given) else uuid.uuid4().hex[:12]
 
 
 def _leaving_the_body_unread(response: flask.Response) -> flask.Response:
