@@ -15,7 +15,7 @@ import uuid
 import flask
 import orjson
 import requests
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from relay.auth import Authenticator, build_authenticator
 from relay.bounded_fetch import bounded_session
@@ -164,7 +164,14 @@ class RelayApp:
         # most. A WSGI stream may return less than asked: read until the end.
         chunks, size = [], 0
         while size <= limit:
-            chunk = request.stream.read(limit + 1 - size)
+            try:
+                chunk = request.stream.read(limit + 1 - size)
+            except (OSError, ClientDisconnected):
+                # The caller reset the connection mid-body (gunicorn raises the socket's
+                # error, or NoMoreData, an OSError): its failure, not the relay's.
+                raise InvalidArgumentError(
+                    "The request body did not arrive whole (the client went away)"
+                ) from None
             if not chunk:
                 break
             chunks.append(chunk)
