@@ -248,7 +248,7 @@ class Settings:
     # (connect, read) seconds: `THREATSCORE_TIMEOUT=5` or `3,10`.
     threatscore_timeout: tuple[float, float] = setting("THREATSCORE_TIMEOUT", timeouts, (3.0, 5.0))
     threatscore_max_concurrency: int = setting("THREATSCORE_MAX_CONCURRENCY", int_from(1, 100), 10)
-    threatscore_retries: int = setting("THREATSCORE_RETRIES", int_from(0, 10), 2)
+    threatscore_retries: int = setting("THREATSCORE_RETRIES", int_from(0, 100), 2)
     threatscore_max_body_bytes: int = setting(
         "THREATSCORE_MAX_BODY_BYTES", int_from(1024, 64 * 1024 * 1024), 5 * 1024 * 1024
     )
@@ -260,9 +260,9 @@ class Settings:
 
     # Requests
     relay_deadline: float = setting("RELAY_DEADLINE", seconds_from(1.0, 600.0), 20.0)
-    max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", int_from(1024, 32 * 1024 * 1024), 1024 * 1024)
+    max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", int_from(64, 32 * 1024 * 1024), 1024 * 1024)
     max_observables: int = setting("RELAY_MAX_OBSERVABLES", int_from(1, 10_000), 1000)
-    max_value_length: int = setting("RELAY_MAX_VALUE_LENGTH", int_from(256, 8192), 1024)
+    max_value_length: int = setting("RELAY_MAX_VALUE_LENGTH", int_from(8, 8192), 1024)
 
     # Authentication
     relay_auth: str = setting("RELAY_AUTH", auth_mode, "jwks")
