@@ -44,3 +44,23 @@ def test_a_client_that_resets_mid_body_is_an_info_line_not_a_relay_error(relay, 
     assert not [record for record in records if "stack_trace" in record]
     # And the relay still serves.
     assert http.post(relay.url + "/version", timeout=30).status_code == 200
+
+
+def test_the_slow_client_phase_measures_what_a_local_relay_survives(tmp_path):
+    from loadtest.slow_clients import SlowClientConfig, run_slow_clients
+
+    config = SlowClientConfig(
+        idle_connections=(2,), slow_clients=(1,), request_line_mib=(1,), probe_timeout=10.0
+    )
+    report = run_slow_clients(config, log_dir=tmp_path)
+    assert [(step.kind, step.size) for step in report.steps] == [
+        ("idle", 2),
+        ("slow", 1),
+        ("request line", 1),
+    ]
+    # A few hostile connections are within what gunicorn's threads absorb.
+    assert report.survived("idle") == 2 and report.survived("slow") == 1
+    request_line = report.steps[2]
+    assert request_line.relay_cpu_seconds >= 0 and request_line.probe_seconds is not None
+    rendered = report.render()
+    assert "2 silent connections: answered in" in rendered and "1 MiB request line" in rendered
