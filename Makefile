@@ -1,32 +1,51 @@
-# `make run` serves the relay locally, `make test` runs every check; `make bench` measures
-# the speed targets and `make loadtest` the relay under load (see README.md).
-# Each sets up its own virtualenv from the pinned requirements.
+# `make` (or `make help`) lists the targets. Each target sets up its own virtualenv
+# (.venv) from the pinned requirements; Python 3.11 or newer is needed.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 
-.PHONY: run test lint unit redis-server bench loadtest clean
+.DEFAULT_GOAL := help
+.PHONY: help demo run test lint unit redis-server bench loadtest clean python-version
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+help: ## list the targets
+	@echo "make TARGET, where TARGET is one of:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1|\2/' | \
+	  awk -F'|' '{ printf "  %-10s %s\n", $$1, $$2 }'
+	@echo "Python: $(PYTHON) (PYTHON=python3.12 make ... to choose another, 3.11 or newer)"
+
+# One clear line, and no .venv made, when the Python is too old (or missing).
+python-version:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "error: Python 3.11 or newer is needed; '$(PYTHON)' is $$($(PYTHON) -V 2>/dev/null || echo 'not found'). Try: make PYTHON=python3.11 ..." >&2; exit 1; }
+
+# A failed step removes .venv: the next run starts clean instead of from a broken one.
+$(BIN)/python: | python-version
+	@$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --upgrade pip || \
+	  { rm -rf $(VENV); echo "error: could not create $(VENV) (removed)" >&2; exit 1; }
 
 # Stamp files: reinstall only when the requirements change.
 $(VENV)/.runtime: requirements.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	touch $@
+	@$(BIN)/python -m pip install --quiet -r requirements.txt || \
+	  { rm -rf $(VENV); echo "error: installing requirements.txt failed ($(VENV) removed)" >&2; exit 1; }
+	@touch $@
 
 $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	touch $@ $(VENV)/.runtime
+	@$(BIN)/python -m pip install --quiet -r requirements-dev.txt || \
+	  { rm -rf $(VENV); echo "error: installing requirements-dev.txt failed ($(VENV) removed)" >&2; exit 1; }
+	@touch $@ $(VENV)/.runtime
+
+demo: $(VENV)/.runtime ## the relay in front of the Threatscore simulator, examples to paste; Ctrl-C stops both
+	@$(BIN)/python -m simulator demo --port $(PORT)
 
 # Local development: no token check unless RELAY_AUTH says otherwise (the relay warns).
-run: $(VENV)/.runtime
+run: $(VENV)/.runtime ## serve the relay on http://127.0.0.1:PORT (PORT=8080 by default; RELAY_AUTH=none unless set)
 	RELAY_AUTH=$${RELAY_AUTH:-none} $(BIN)/functions-framework --target=relay --source=main.py --host=127.0.0.1 --port=$(PORT)
 
-lint: $(VENV)/.dev
+test: lint unit ## every check: ruff, then every test
+
+lint: $(VENV)/.dev ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -35,17 +54,15 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
-unit: $(VENV)/.dev redis-server
+unit: $(VENV)/.dev redis-server ## the tests (pytest)
 	$(BIN)/python -m pytest
 
-test: lint unit
-
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev ## measure the speed targets (one markdown table)
 	$(BIN)/python bench/bench.py
 
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
-
 # The relay under load: 5,000 requests, 32 clients, 5 % upstream faults.
-loadtest: $(VENV)/.dev
+loadtest: $(VENV)/.dev ## the relay under load, in front of the simulator with faults
 	$(BIN)/python -m loadtest
+
+clean: ## remove .venv, tool caches and the simulator's files (.simulator/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .schemathesis .simulator bench-results

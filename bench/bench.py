@@ -1,6 +1,6 @@
 """`make bench`: the relay's speed targets (issue 4), measured in one run, as one markdown table.
 
-It starts a fake Threatscore (tests/fake_threatscore.py, in this process) that
+It starts the Threatscore simulator (simulator/, in this process) that
 sleeps a set latency per call and counts the calls it receives, and the relay
 as real `functions-framework --target=relay` processes (RELAY_AUTH=none,
 functions-framework's default server: gunicorn, 1 worker, 4 x cores threads).
@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from simulator import ThreatscoreSimulator  # noqa: E402
 from tests import answers  # noqa: E402 - after the path is set
-from tests.fake_threatscore import FakeThreatscore  # noqa: E402
 from tests.relay_process import stop_process, without_relay_settings  # noqa: E402
 
 FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
@@ -215,7 +215,7 @@ def incomplete_note(ok: bool) -> str:
     return "" if ok else ", INCOMPLETE answer"
 
 
-def cases_a_b_c(fake: FakeThreatscore, relay: Function, sequential: Function, args) -> list[Row]:
+def cases_a_b_c(fake: ThreatscoreSimulator, relay: Function, sequential: Function, args) -> list[Row]:
     """A: a batch, cold; B: the same, warm; C: A with concurrency 1."""
     values = [f"10.0.{index // 256}.{index % 256}" for index in range(args.observables)]
     for value in values:
@@ -262,7 +262,7 @@ def cases_a_b_c(fake: FakeThreatscore, relay: Function, sequential: Function, ar
     ]
 
 
-def case_d(fake: FakeThreatscore, relay: Function, trivial: Function, args) -> Row:
+def case_d(fake: ThreatscoreSimulator, relay: Function, trivial: Function, args) -> Row:
     """Requests per second for one cached observable. Short runs of the relay and of the trivial
     function in turn, so that whatever else the machine does weighs on both alike."""
     fake.answer("192.0.2.10", answers.FOUR_ENGINES)
@@ -286,7 +286,7 @@ def case_d(fake: FakeThreatscore, relay: Function, trivial: Function, args) -> R
     )
 
 
-def case_f(fake: FakeThreatscore, relay: Function, args) -> Row:
+def case_f(fake: ThreatscoreSimulator, relay: Function, args) -> Row:
     """A stampede: many requests at once for one observable nobody has asked about yet."""
     value = "192.0.2.20"
     fake.answer(value, answers.FOUR_ENGINES)
@@ -315,7 +315,7 @@ def case_f(fake: FakeThreatscore, relay: Function, args) -> Row:
     )
 
 
-def case_e(fake: FakeThreatscore, relay_env: dict[str, str], args) -> Row:
+def case_e(fake: ThreatscoreSimulator, relay_env: dict[str, str], args) -> Row:
     """Cold starts with upstream latency 0, interleaved so that drift hits every kind alike."""
     fake.latency = 0.0
     fake.answer("192.0.2.30", answers.FOUR_ENGINES)
@@ -368,7 +368,7 @@ def main() -> int:
     LOGS.mkdir(parents=True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake's request log
 
-    fake = FakeThreatscore(latency=args.latency).start()
+    fake = ThreatscoreSimulator(latency=args.latency).start()
     relay_env = {
         "THREATSCORE_API_URL": fake.url,
         "RELAY_AUTH": "none",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import requests
 
+from simulator import Scripted, ThreatscoreSimulator
 from tests import answers
 from tests.ctim import check_answer
-from tests.fake_threatscore import FakeThreatscore, Scripted
 from tests.relay_process import RelayProcess
 
 MB = 1024 * 1024
@@ -294,7 +294,7 @@ def run_load(config: LoadConfig, log_dir: Path | None = None, progress=None) -> 
     """Runs the whole load test and returns its report (see `LoadReport.failures`)."""
     report = LoadReport(config)
     read_timeout = 1.0
-    fake = FakeThreatscore(latency=config.latency).start()
+    fake = ThreatscoreSimulator(latency=config.latency).start()
     fake.fallback(found_answer)
     fake.inject_faults(config.fault_rate, upstream_faults(read_timeout), seed=config.seed)
     env = {

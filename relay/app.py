@@ -34,6 +34,7 @@ from relay.logs import JSON_FIELDS, RequestLog, setup_logging
 from relay.lookup import Lookup
 from relay.schemas import parse_observables
 from relay.threatscore import ScoreClient, ScoreSource
+from relay.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,38 @@ def make_session(settings: Settings) -> requests.Session:
     return bounded_session(max(10, settings.threatscore_max_concurrency * REQUESTS_FANNING_OUT_AT_ONCE))
 
 
+def build_source(settings: Settings, session: requests.Session) -> ScoreSource:
+    """The Threatscore client the settings call for (the function and `python -m relay` share it)."""
+    return ScoreClient(settings, session)
+
+
+def build_handlers(settings: Settings, source: ScoreSource, cache: AnswerCache | None = None) -> Handlers:
+    """The endpoint handlers in front of `source`, through the answer cache."""
+    lookup = Lookup(source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency)
+    return Handlers(settings, lookup)
+
+
+def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
+    """What this relay is, in one line (logged at start-up): nothing secret in it."""
+    backend = getattr(settings, "threatscore_api", "score")  # one backend until v3 is added
+    if settings.relay_auth == "jwks":
+        audience = "audience set" if settings.audience else "no audience set: the request URL"
+        auth = f"jwks (key hosts {', '.join(settings.jwks_hosts)}; {audience})"
+    elif settings.relay_auth == "secret":
+        auth = f"secret ({'audience set' if settings.audience else 'no audience check'})"
+    else:
+        auth = "none (calls are not authenticated)"
+    if isinstance(cache, NoCache) or (settings.cache_ttl <= 0 and settings.cache_negative_ttl <= 0):
+        cache_words = "off"
+    else:
+        where = f"Redis at {cache.server}" if getattr(cache, "server", None) else "in memory"
+        cache_words = f"{where}, {settings.cache_ttl:g} s found / {settings.cache_negative_ttl:g} s no data"
+    return (
+        f"Threatscore relay {VERSION}: backend {backend} at {settings.threatscore_api_url}; "
+        f"auth {auth}; cache {cache_words}; deadline {settings.relay_deadline:g} s"
+    )
+
+
 class RelayApp:
     def __init__(
         self,
@@ -89,8 +122,7 @@ class RelayApp:
         cache: AnswerCache | None = None,
     ):
         self.settings = settings
-        lookup = Lookup(source, NoCache() if cache is None else cache, settings.threatscore_max_concurrency)
-        self.handlers = Handlers(settings, lookup)
+        self.handlers = build_handlers(settings, source, cache)
         self.authenticator = authenticator
 
     @classmethod
@@ -99,12 +131,10 @@ class RelayApp:
         settings = Settings.from_env()
         setup_logging(settings.log_level)
         session = make_session(settings)
-        return cls(
-            settings,
-            ScoreClient(settings, session),
-            build_authenticator(settings, session),
-            build_cache(settings),
-        )
+        cache = build_cache(settings)
+        app = cls(settings, build_source(settings, session), build_authenticator(settings, session), cache)
+        logger.info("%s", describe_relay(settings, cache))
+        return app
 
     def handle(self, request: flask.Request) -> flask.Response:
         request_log = RequestLog(request.method, request.path, _execution_id(request))
@@ -141,7 +171,10 @@ class RelayApp:
         if route == "health":
             return self.handlers.health(context)
         observables = parse_observables(
-            self._read_body(request), self.settings.max_observables, self.settings.max_value_length
+            self._read_body(request),
+            self.settings.max_observables,
+            self.settings.max_value_length,
+            request_log.dropped,
         )
         request_log.observables = len(observables)
         if route == "observe/observables":

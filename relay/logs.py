@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -333,6 +334,7 @@ class RequestLog:
         self.execution_id = execution_id
         self.stats = RequestStats()
         self.observables = 0  # the distinct supported observables looked up
+        self.dropped: list[tuple[int, str]] = []  # (index, reason) of the observables left out
         self._clock = clock
         self.started = clock()
 
@@ -354,6 +356,9 @@ class RequestLog:
             "cache_hits": self.stats.cache_hits,
             "duration_ms": duration_ms,
         }
+        dropped = Counter(reason for _index, reason in self.dropped)
+        if dropped:
+            fields["dropped"] = dict(sorted(dropped.items()))
         if errors:
             fields["errors"] = errors
         codes = {error["code"] for error in errors}
@@ -366,11 +371,14 @@ class RequestLog:
         causes = "; ".join(f"{error['code']}: {error['message']} (x{error['count']})" for error in errors)
         request_logger.log(
             level,
-            "%s %s %d: %d observables, %.1f ms%s",
+            "%s %s %d: %d observables%s, %.1f ms%s",
             self.method,
             self.path,
             status,
             self.observables,
+            f" ({', '.join(f'{count} dropped: {reason}' for reason, count in sorted(dropped.items()))})"
+            if dropped
+            else "",
             duration_ms,
             f"; errors: {causes}" if causes else "",
             extra={JSON_FIELDS: fields},

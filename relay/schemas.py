@@ -31,8 +31,20 @@ class ObservableSchema(Schema):
 _OBSERVABLES = ObservableSchema(many=True)
 
 
-def parse_observables(body: bytes, max_observables: int, max_value_length: int) -> list[Observable]:
-    """The supported, valid, distinct observables of a request body, in input order."""
+# Why an observable of the request is left out (counted in the request's log line).
+UNSUPPORTED_TYPE = "unsupported type"
+INVALID_VALUE = "invalid value"
+
+
+def parse_observables(
+    body: bytes, max_observables: int, max_value_length: int, dropped: list[tuple[int, str]] | None = None
+) -> list[Observable]:
+    """The supported, valid, distinct observables of a request body, in input order.
+
+    `dropped`, when given, receives `(index, reason)` for each item left out as unsupported
+    or invalid (`UNSUPPORTED_TYPE`, `INVALID_VALUE`); exact repeats are not drops.
+    """
+    dropped = [] if dropped is None else dropped
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -65,9 +77,11 @@ def parse_observables(body: bytes, max_observables: int, max_value_length: int) 
             )
         observable_type = item["type"].lower()
         if observable_type not in SUPPORTED_TYPES:
+            dropped.append((index, UNSUPPORTED_TYPE))
             continue
         lookup_value = canonical_value(observable_type, item["value"])
         if lookup_value is None:
+            dropped.append((index, INVALID_VALUE))
             continue
         observable = Observable(observable_type, item["value"], lookup_value)
         if (observable.type, observable.value) in seen:

@@ -1,8 +1,8 @@
-"""Mint a bearer token for RELAY_AUTH=secret.
+"""Mint a bearer token for RELAY_AUTH=secret: the `token` command of `python -m relay`.
 
-    RELAY_SECRET=... python -m relay.token [--aud URL] [--limit N] [--days N]
+    RELAY_SECRET=... python -m relay token [--aud URL] [--limit N] [--days N]
 
-Prints only the token on stdout (so that `$(python -m relay.token)` works);
+Prints only the token on stdout (so that `$(python -m relay token)` works);
 the secret itself is never printed.
 """
 
@@ -41,8 +41,7 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=HMAC_ALGORITHM)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as error:
@@ -64,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m relay.token",
-        description="Print an HS256 bearer token for a relay running with RELAY_AUTH=secret. "
-        "The secret is read from RELAY_SECRET.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print an HS256 bearer token for a relay running with RELAY_AUTH=secret. "
+        "The secret is read from RELAY_SECRET."
     )
     parser.add_argument(
         "--aud",
@@ -89,7 +87,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"days until the token expires, 1 to {MAX_DAYS} (default: {DEFAULT_DAYS})",
     )
-    return parser
 
 
 def _argument(parse):
@@ -117,5 +114,5 @@ def _audience_url(raw: str) -> str:
     return normalised_url(http_url(raw))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command moved
+    sys.exit("python -m relay.token is now: python -m relay token")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake Threatscore on 127.0.0.1, a real redis-server, and the relay under functions-framework."""
+"""Shared fixtures: the Threatscore simulator on 127.0.0.1, a real redis-server, and the relay under functions-framework."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 
 from relay.logs import flush_logs
-from tests.fake_threatscore import FakeThreatscore
+from simulator import ThreatscoreSimulator
 from tests.relay_process import RELAY_SETTING_PREFIXES, ROOT, VENV_BIN, RelayProcess, free_port
 
 MAIN = ROOT / "main.py"
@@ -62,14 +62,14 @@ class FakeClock:
 
 @pytest.fixture(scope="session")
 def _threatscore_server():
-    fake = FakeThreatscore().start()
+    fake = ThreatscoreSimulator().start()
     yield fake
     fake.stop()
 
 
 @pytest.fixture
-def threatscore(_threatscore_server) -> FakeThreatscore:
-    """The fake Threatscore, emptied before each test."""
+def threatscore(_threatscore_server) -> ThreatscoreSimulator:
+    """The Threatscore simulator (no catalogue: unscripted values are "no data"), emptied before each test."""
     _threatscore_server.reset()
     return _threatscore_server
 

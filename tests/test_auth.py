@@ -1,4 +1,4 @@
-"""Tests for relay.auth and relay.token: XDR's RS256 tokens checked against real
+"""Tests for relay.auth and relay.token (`python -m relay token`): XDR's RS256 tokens checked against real
 key servers on 127.0.0.1, shared-secret tokens, and the token minting CLI."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import requests
 from werkzeug import Request, Response
 
 from relay.auth import Caller, JwksAuthenticator, build_authenticator
+from relay.cli import main as cli_main
 from relay.config import ConfigError, Settings
 from relay.errors import AuthorizationError
-from relay.token import main as token_main
 from tests.conftest import (
     JWKS_PATH,
     FakeClock,
@@ -748,7 +748,11 @@ def test_failures_never_reveal_the_token_or_the_secret(key_server, other_key_ser
         assert keys["a"].jwk()["n"] not in text
 
 
-# --- python -m relay.token --------------------------------------------------------
+# --- python -m relay token --------------------------------------------------------
+
+
+def token_main(argv: list[str]) -> int:
+    return cli_main(["token", *argv])
 
 
 @pytest.fixture
@@ -811,7 +815,7 @@ def test_token_cli_runs_as_a_module(token_env):
     env = {**os.environ, "RELAY_SECRET": SECRET}
 
     result = subprocess.run(
-        [sys.executable, "-m", "relay.token", "--limit", "3"],
+        [sys.executable, "-m", "relay", "token", "--limit", "3"],
         cwd=ROOT,
         env=env,
         capture_output=True,

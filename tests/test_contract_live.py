@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 
+from simulator import Scripted, ThreatscoreSimulator
 from tests import answers
 from tests.contract import OPENAPI
-from tests.fake_threatscore import FakeThreatscore, Scripted
 from tests.relay_process import ROOT, VENV_BIN, RelayProcess
 
 pytestmark = pytest.mark.process
@@ -48,7 +48,7 @@ UPSTREAM_FAULTS = [
 
 @pytest.fixture(scope="module")
 def live_relay(tmp_path_factory):
-    fake = FakeThreatscore().start()
+    fake = ThreatscoreSimulator().start()
     fake.fallback(lambda _value: Scripted(body=answers.FOUR_ENGINES))
     fake.inject_faults(0.1, UPSTREAM_FAULTS, seed=SEED)
     env = {

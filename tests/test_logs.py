@@ -338,3 +338,58 @@ def test_the_request_log_of_the_real_process_redacts_its_path_and_refuses_made_u
         assert label == record["execution_id"] and label not in made_up and label.isalnum()
     assert records[len(made_up)]["execution_id"] == google_form
     assert all(len(line.encode()) <= MAX_LINE_BYTES for line in relay.stdout_lines())
+
+
+def test_the_request_line_counts_what_was_dropped_and_why(threatscore, client, capsys):
+    logged(capsys)
+    body = [
+        {"type": "ip", "value": "198.51.100.7"},
+        {"type": "email", "value": "someone@example.com"},
+        {"type": "sha512", "value": "ab" * 64},
+        {"type": "ip", "value": "not-an-address"},
+    ]
+    assert client.post(OBSERVE, json=body).status_code == 200
+
+    [line] = request_lines(log_records(logged(capsys).out))
+    assert line["observables"] == 1
+    assert line["dropped"] == {"invalid value": 1, "unsupported type": 2}
+    assert "1 observables (1 dropped: invalid value, 2 dropped: unsupported type)" in line["message"]
+    assert "not-an-address" not in line["message"] and "someone@example.com" not in json.dumps(line)
+
+
+def test_a_request_with_nothing_dropped_has_no_dropped_field(threatscore, client, capsys):
+    logged(capsys)
+    client.post(OBSERVE, json=[{"type": "ip", "value": "198.51.100.7"}])
+
+    [line] = request_lines(log_records(logged(capsys).out))
+    assert "dropped" not in line
+
+
+def test_start_up_logs_one_line_saying_what_the_relay_is(threatscore, make_client, capsys):
+    logged(capsys)
+    make_client(
+        RELAY_AUTH="jwks",
+        RELAY_JWKS_HOSTS="keys.example:8443",
+        RELAY_AUDIENCE="https://relay.example/relay",
+        RELAY_DEADLINE="12.5",
+        CACHE_TTL="90",
+    )
+
+    records = log_records(logged(capsys).out)
+    [line] = [record for record in records if record["message"].startswith("Threatscore relay ")]
+    message = line["message"]
+    assert f"backend score at {threatscore.url}" in message
+    assert "auth jwks (key hosts keys.example:8443; audience set)" in message
+    assert "cache in memory, 90 s found / 600 s no data" in message
+    assert "deadline 12.5 s" in message
+    assert "relay.example" not in message  # whether an audience is set, not which
+
+
+def test_the_start_up_line_never_shows_a_secret(threatscore, make_client, capsys):
+    logged(capsys)
+    make_client(RELAY_AUTH="secret", RELAY_SECRET=SECRET, CACHE_TTL="0", CACHE_NEGATIVE_TTL="0")
+
+    out = logged(capsys).out
+    [line] = [record for record in log_records(out) if record["message"].startswith("Threatscore relay ")]
+    assert "auth secret" in line["message"] and "cache off" in line["message"]
+    assert SECRET not in out

@@ -13,9 +13,9 @@ from relay.config import Settings
 from relay.errors import RelayError
 from relay.threatscore import ScoreClient
 from relay.threatscore.transport import RETRY_BACKOFF_FACTOR, RETRY_JITTER, retry_policy
+from simulator import Scripted, ThreatscoreSimulator
 from tests import answers
 from tests.conftest import free_port
-from tests.fake_threatscore import FakeThreatscore, Scripted
 
 VALUE = "198.51.100.7"
 
@@ -160,7 +160,7 @@ def test_tls_failure_with_a_self_signed_certificate():
     authority = trustme.CA()  # our client does not trust it: the certificate is self-signed to it
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(server_context)
-    fake = FakeThreatscore(ssl_context=server_context).start()
+    fake = ThreatscoreSimulator(ssl_context=server_context).start()
     try:
         fake.answer("198.51.100.7", answers.FOUR_ENGINES)
         settings = replace(Settings(), threatscore_api_url=fake.url, threatscore_timeout=(3.0, 2.0))
@@ -255,7 +255,7 @@ def test_a_read_timeout_is_not_retried(threatscore, make_threatscore_client):
 
 def test_connection_refused_is_retried_then_the_answer_is_used():
     port = free_port()  # nothing listens there yet: the first attempt is refused
-    fake = FakeThreatscore(port=port)
+    fake = ThreatscoreSimulator(port=port)
     waits: list[float] = []
 
     def start_threatscore_then_wait(seconds: float) -> None:

@@ -16,10 +16,10 @@ import time
 import pytest
 import trustme
 
+from simulator import ThreatscoreSimulator
 from tests import answers
 from tests.contract import check_conforms
 from tests.ctim import check_answer
-from tests.fake_threatscore import FakeThreatscore
 from tests.relay_process import free_port
 
 DEADLINE = 2.0  # RELAY_DEADLINE
@@ -202,7 +202,7 @@ def untrusted_https_threatscore():
     authority = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(context)
-    fake = FakeThreatscore(ssl_context=context).start()
+    fake = ThreatscoreSimulator(ssl_context=context).start()
     yield fake
     fake.stop()
 

@@ -1,0 +1,84 @@
+"""The Makefile as a newcomer meets it, and what the deployed upload leaves out."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.relay_process import ROOT
+
+TARGETS = ("help", "demo", "run", "test", "lint", "unit", "bench", "loadtest", "clean")
+
+
+def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_make_alone_lists_the_targets():
+    alone, help_ = make(), make("help")
+    assert alone.returncode == 0 and alone.stdout == help_.stdout
+    listed = [line.split()[0] for line in alone.stdout.splitlines() if line.startswith("  ")]
+    assert tuple(listed) == TARGETS
+    assert "clean" in alone.stdout and "3.11 or newer" in alone.stdout
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """The Makefile and requirements in a folder of their own: the real .venv stays untouched."""
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+def fake_python(folder: Path, version: str) -> Path:
+    """A `python3` that says it is `version` (and is too old for the Makefile's check)."""
+    script = folder / f"python{version}"
+    script.write_text(f'#!/bin/sh\n[ "$1" = "-V" ] && echo "Python {version}" && exit 0\nexit 1\n')
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("target", ["demo", "run", "test"])
+def test_a_python_older_than_3_11_is_refused_in_one_line_and_no_venv_is_made(project_copy, target):
+    python = fake_python(project_copy, "3.10.12")
+
+    result = make(target, f"PYTHON={python}", cwd=project_copy)
+
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "Python 3.11 or newer is needed" in line and "Python 3.10.12" in line
+    assert not (project_copy / ".venv").exists()
+
+
+def test_a_missing_python_is_named(project_copy):
+    result = make("demo", "PYTHON=no-such-python3", cwd=project_copy)
+    assert result.returncode != 0
+    assert "'no-such-python3' is not found" in result.stderr
+    assert not (project_copy / ".venv").exists()
+
+
+@pytest.mark.process
+def test_a_failed_install_leaves_no_broken_venv(project_copy):
+    (project_copy / "requirements.txt").write_text("this is not a requirement ===\n")
+
+    result = make("demo", cwd=project_copy)
+
+    assert result.returncode != 0
+    assert "installing requirements.txt failed (.venv removed)" in result.stderr
+    assert not (project_copy / ".venv").exists()
+
+
+def test_the_simulator_is_not_uploaded():
+    ignored = (ROOT / ".gcloudignore").read_text().split()
+    assert "simulator/" in ignored and ".simulator/" in ignored
+    assert ".simulator/" in (ROOT / ".gitignore").read_text().split()
