@@ -239,32 +239,37 @@ class _AttemptGuard:
         self.expired = False
         self._finished = False
         self._connections: list[HTTPConnection] = []
+        # The sockets seen: an answer with `Connection: close` takes the socket from its
+        # connection (whose `sock` is then None) and reads it on its own.
+        self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
     def attach(self, connection: HTTPConnection) -> None:
         with self._lock:
             if not self._finished:
                 self._connections.append(connection)
+                if connection.sock is not None:
+                    self._sockets.append(connection.sock)
             if self.expired:
-                _shut(connection)
+                _shut(connection.sock)
 
     def expire(self) -> None:
         with self._lock:
             if self._finished:
                 return
             self.expired = True
-            for connection in self._connections:
-                _shut(connection)
+            for sock in [*self._sockets, *(connection.sock for connection in self._connections)]:
+                _shut(sock)
 
     def finish(self) -> None:
         with self._lock:
             self._finished = True
             self._connections.clear()
+            self._sockets.clear()
 
 
-def _shut(connection: HTTPConnection) -> None:
-    """Ends any read waiting on the connection's socket (the reading thread then closes it)."""
-    sock = connection.sock
+def _shut(sock: socket.socket | None) -> None:
+    """Ends any read waiting on the socket (the reading thread then closes it)."""
     if sock is None:
         return
     # The plain socket's shutdown, also under TLS: it only touches the descriptor.
@@ -313,6 +318,10 @@ class _GuardedHTTPConnection(HTTPConnection):
         _attach_to_current_attempt(self)  # a pooled connection, connected before
         super().request(*args, **kwargs)
 
+    def getresponse(self, *args, **kwargs):
+        _attach_to_current_attempt(self)  # now connected: its socket is known
+        return super().getresponse(*args, **kwargs)
+
 
 class _GuardedHTTPSConnection(HTTPSConnection):
     def connect(self) -> None:
@@ -322,6 +331,10 @@ class _GuardedHTTPSConnection(HTTPSConnection):
     def request(self, *args, **kwargs) -> None:
         _attach_to_current_attempt(self)
         super().request(*args, **kwargs)
+
+    def getresponse(self, *args, **kwargs):
+        _attach_to_current_attempt(self)
+        return super().getresponse(*args, **kwargs)
 
 
 def _attach_to_current_attempt(connection: HTTPConnection) -> None:

@@ -107,6 +107,8 @@ class HostileServer:
 
 
 def head(status: str, headers: dict[str, str]) -> bytes:
+    # Connection: close, as each connection serves one answer (a client must not reuse it).
+    headers = {**headers, "Connection": "close"}
     lines = [f"HTTP/1.1 {status}", *(f"{name}: {value}" for name, value in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
