@@ -10,14 +10,16 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import uuid
 
 import flask
 import orjson
 import requests
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from relay.auth import Authenticator, build_authenticator
+from relay.bounded_fetch import bounded_session
 from relay.cache import AnswerCache, NoCache, SharedFlight, build_cache, build_shared_flight
 from relay.config import Settings
 from relay.errors import (
@@ -43,16 +45,23 @@ OBSERVABLE_ENDPOINTS = ("observe/observables", "deliberate/observables", "refer/
 ENDPOINTS = (*OBSERVABLE_ENDPOINTS, "health", "version")
 
 EXECUTION_ID_HEADER = "Function-Execution-Id"
+# Google's execution ids are 12 letters and digits; a little leeway for other front ends.
+_GOOGLE_EXECUTION_ID = re.compile(r"[A-Za-z0-9]{8,32}")
 
 
-def route_for(path: str) -> str | None:
+def route_for(path: str, function_names: tuple[str, ...] = ("relay",)) -> str | None:
     """The endpoint a path names, with or without the function's name in front.
 
     Google Cloud can hand the function `/relay/observe/observables`; locally
-    it is `/observe/observables`.
+    it is `/observe/observables`. Only the function's own name may come first:
+    with any first segment accepted, a token for another module at the same
+    origin (`/other/...`, its audience) would pass once the Host is spoofed.
     """
     segments = [segment for segment in path.split("/") if segment]
-    for candidate in (segments, segments[1:]):
+    candidates = [segments]
+    if segments and segments[0] in function_names:
+        candidates.append(segments[1:])
+    for candidate in candidates:
         route = "/".join(candidate)
         if route in ENDPOINTS:
             return route
@@ -69,14 +78,10 @@ def make_session(settings: Settings) -> requests.Session:
 
     No `Retry` on the adapter: the Threatscore client retries within each
     request's deadline (see `relay.threatscore.transport`), and the authenticator's
-    key fetches are not retried.
+    key fetches are not retried. Its adapter lets `relay.bounded_fetch` end any
+    exchange in wall-clock time.
     """
-    session = requests.Session()
-    pool_size = max(10, settings.threatscore_max_concurrency * REQUESTS_FANNING_OUT_AT_ONCE)
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    return bounded_session(max(10, settings.threatscore_max_concurrency * REQUESTS_FANNING_OUT_AT_ONCE))
 
 
 def build_handlers(
@@ -163,7 +168,7 @@ class RelayApp:
         return _leaving_the_body_unread(response)
 
     def _respond(self, request: flask.Request, request_log: RequestLog) -> flask.Response:
-        route = route_for(request.path)
+        route = route_for(request.path, self.settings.function_names)
         if route is None:
             error = NotFoundError(f"No such endpoint: {request.path[:200]}")
             return _error_response(error, request_log, 404)
@@ -218,7 +223,14 @@ class RelayApp:
         # most. A WSGI stream may return less than asked: read until the end.
         chunks, size = [], 0
         while size <= limit:
-            chunk = request.stream.read(limit + 1 - size)
+            try:
+                chunk = request.stream.read(limit + 1 - size)
+            except (OSError, ClientDisconnected):
+                # The caller reset the connection mid-body (gunicorn raises the socket's
+                # error, or NoMoreData, an OSError): its failure, not the relay's.
+                raise InvalidArgumentError(
+                    "The request body did not arrive whole (the client went away)"
+                ) from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -253,8 +265,14 @@ def _error_response(
 
 
 def _execution_id(request: flask.Request) -> str:
-    """Google's id of this execution, or one of our own (functions-framework sets the header)."""
-    return request.headers.get(EXECUTION_ID_HEADER, "")[:64] or uuid.uuid4().hex[:12]
+    """Google's id of this execution, or one of our own.
+
+    The header is copied into every line's labels: only Google's form (letters
+    and digits, 12 of them from Google's front end and functions-framework) is
+    taken; anything a caller made up gets an id of the relay's own.
+    """
+    given = request.headers.get(EXECUTION_ID_HEADER, "")
+    return given if _GOOGLE_EXECUTION_ID.fullmatch(given) else uuid.uuid4().hex[:12]
 
 
 def _leaving_the_body_unread(response: flask.Response) -> flask.Response:

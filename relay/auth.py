@@ -30,7 +30,9 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from relay.config import ConfigError, Settings
+from relay import bounded_fetch
+from relay.bounded_fetch import FetchError, bounded_session, fetch
+from relay.config import MAX_ENTITIES_LIMIT, ConfigError, Settings
 from relay.errors import AuthorizationError
 from relay.version import VERSION
 
@@ -143,7 +145,7 @@ class JwksAuthenticator(Authenticator):
         self._leeway = settings.jwt_leeway
         self._keys = JwksKeyCache(
             url_template=settings.jwks_url_template,
-            session=session if session is not None else requests.Session(),
+            session=session if session is not None else bounded_session(),
             timeout=settings.jwks_timeout,
             ttl=settings.jwks_cache_ttl,
             refetch_interval=settings.jwks_refetch_interval,
@@ -230,46 +232,66 @@ class JwksKeyCache:
         self._ttl = ttl
         self._refetch_interval = refetch_interval
         self._clock = clock
-        # A fetch takes at most about three timeouts (connect, first byte, last byte).
-        self._lock_wait = 3 * timeout + 1
+        # A download ends within two timeouts (connect, then the whole answer), whatever the server does.
+        self.download_seconds = 2 * timeout
+        self._lock_wait = self.download_seconds + 1
         self._hosts: dict[str, _HostKeys] = {}
         self._hosts_lock = threading.Lock()
 
     def key_for(self, host: str, kid: str) -> jwt.PyJWK:
-        """The key `kid` published by `host` (already allow-listed); raises `AuthorizationError`."""
+        """The key `kid` published by `host` (already allow-listed); raises `AuthorizationError`.
+
+        A kid among the host's keys never waits for a download: while another
+        thread refreshes expired keys, they keep serving. Only a token whose
+        kid is not known (or a cold cache) waits, for at most one bounded
+        download, so a token of nobody's with a made-up kid holds up only
+        tokens like it.
+        """
         state = self._state_for(host)
+        keys = state.keys
+        if keys is not None and kid in keys:
+            if self._clock() - state.fetched_at < self._ttl:
+                return keys[kid]
+            if not state.lock.acquire(blocking=False):
+                return keys[kid]  # being refreshed: the expired key serves meanwhile
+            try:
+                return self._key_under_lock(host, kid, state, just_fetched=False)
+            finally:
+                state.lock.release()
         completed_before = state.completed
         if not state.lock.acquire(timeout=self._lock_wait):
             raise AuthorizationError("key server unreachable (timed out)")
         try:
             # A fetch that ended while this thread waited is as good as its own.
-            just_fetched = state.completed != completed_before
-            keys = state.keys
-            if keys is None or self._clock() - state.fetched_at >= self._ttl:
-                if state.failure is not None and (just_fetched or not self._may_refetch(state)):
-                    # The key server just failed: not asked again before the refetch
-                    # interval, whatever the tokens say (a flood must not become fetches).
-                    if keys is None:
-                        raise AuthorizationError(state.failure)
-                else:
-                    try:
-                        keys = self._refresh(host, state)
-                        just_fetched = True
-                    except AuthorizationError:
-                        if keys is None:
-                            raise
-                        # Expired keys keep serving while their server fails: an outage of
-                        # the key server must not become an outage of the relay.
-                        just_fetched = True
-            key = keys.get(kid)
-            if key is None and not just_fetched and self._may_refetch(state):
-                # Keys rotate: an unknown kid may be a new key.
-                key = self._refresh(host, state).get(kid)
-            if key is None:
-                raise AuthorizationError("unknown key id")
-            return key
+            return self._key_under_lock(host, kid, state, just_fetched=state.completed != completed_before)
         finally:
             state.lock.release()
+
+    def _key_under_lock(self, host: str, kid: str, state: _HostKeys, just_fetched: bool) -> jwt.PyJWK:
+        keys = state.keys
+        if keys is None or self._clock() - state.fetched_at >= self._ttl:
+            if state.failure is not None and (just_fetched or not self._may_refetch(state)):
+                # The key server just failed: not asked again before the refetch
+                # interval, whatever the tokens say (a flood must not become fetches).
+                if keys is None:
+                    raise AuthorizationError(state.failure)
+            else:
+                try:
+                    keys = self._refresh(host, state)
+                    just_fetched = True
+                except AuthorizationError:
+                    if keys is None:
+                        raise
+                    # Expired keys keep serving while their server fails: an outage of
+                    # the key server must not become an outage of the relay.
+                    just_fetched = True
+        key = keys.get(kid)
+        if key is None and not just_fetched and self._may_refetch(state):
+            # Keys rotate: an unknown kid may be a new key.
+            key = self._refresh(host, state).get(kid)
+        if key is None:
+            raise AuthorizationError("unknown key id")
+        return key
 
     def _state_for(self, host: str) -> _HostKeys:
         with self._hosts_lock:
@@ -290,38 +312,54 @@ class JwksKeyCache:
             raise
         finally:
             state.completed += 1
-        state.keys = keys
+        # Published whole, once valid: a reader without the lock sees the old set or the new one.
         state.fetched_at = self._clock()
+        state.keys = keys
         state.failure = None
         logger.info("Fetched %d RS256 key(s) from %s", len(keys), url)
         return keys
 
     def _download(self, url: str) -> bytes:
-        """The body of `url`, read within about one timeout after the answer starts."""
-        started = time.monotonic()
+        """The key set at `url`, whole within `download_seconds` of the start, or `AuthorizationError`.
+
+        Through `relay.bounded_fetch`: no redirect is followed (a key set from
+        another origin must never be trusted), no more than `MAX_KEY_SET_BYTES`
+        is read, and a trickling key server is cut off in wall-clock time.
+        """
         try:
-            with self._session.get(
+            fetched = fetch(
+                self._session,
+                "GET",
                 url,
-                timeout=(self._timeout, self._timeout),
-                stream=True,
                 headers={"Accept": "application/json", "User-Agent": f"threatscore-xdr-relay/{VERSION}"},
-            ) as response:
-                if response.status_code != 200:
-                    raise AuthorizationError(f"key server answered HTTP {response.status_code}")
-                body = bytearray()
-                for chunk in response.iter_content(chunk_size=16 * 1024):
-                    body += chunk
-                    if len(body) > MAX_KEY_SET_BYTES:
-                        raise AuthorizationError("key server answered an invalid key set (too large)")
-                    # requests' timeout is per read; a slow drip must not hold the host's lock.
-                    if time.monotonic() - started > 2 * self._timeout:
-                        raise AuthorizationError("key server unreachable (timed out)")
-                return bytes(body)
-        except requests.Timeout:
-            raise AuthorizationError("key server unreachable (timed out)") from None
-        except requests.RequestException as error:
-            logger.debug("Key server %s: %s", url, type(error).__name__)
-            raise AuthorizationError("key server unreachable") from None
+                connect_timeout=self._timeout,
+                read_timeout=self._timeout,
+                give_up_at=time.monotonic() + self.download_seconds,
+                max_body_bytes=MAX_KEY_SET_BYTES,
+            )
+        except FetchError as failure:
+            logger.debug("Key server %s: %s", url, failure.kind)
+            reason = KEY_SERVER_PROBLEMS.get(failure.kind, "key server unreachable")
+            raise AuthorizationError(reason) from None
+        if fetched.is_redirect:
+            raise AuthorizationError(
+                f"key server answered HTTP {fetched.status} (a redirect: the relay does not follow them)"
+            )
+        if fetched.status != 200:
+            raise AuthorizationError(f"key server answered HTTP {fetched.status}")
+        return fetched.body
+
+
+KEY_SERVER_PROBLEMS = {
+    bounded_fetch.READ_TIMEOUT: "key server unreachable (timed out)",
+    bounded_fetch.OUT_OF_TIME: "key server unreachable (timed out)",
+    bounded_fetch.CONNECT_TIMEOUT: "key server unreachable (timed out)",
+    bounded_fetch.TOO_LARGE: "key server answered an invalid key set (too large)",
+    bounded_fetch.TLS_CERTIFICATE: "key server unreachable (its TLS certificate could not be verified)",
+    bounded_fetch.TLS_HANDSHAKE: "key server unreachable (no TLS handshake: does it speak https?)",
+    bounded_fetch.REFUSED: "key server unreachable (connection refused)",
+    bounded_fetch.UNRESOLVED: "key server unreachable (host name not resolved)",
+}
 
 
 def rs256_keys(body: bytes) -> dict[str, jwt.PyJWK]:
@@ -392,8 +430,11 @@ def verified_claims(token: str, key: jwt.PyJWK | str, algorithm: str, leeway: fl
             key=key,
             algorithms=[algorithm],
             leeway=leeway,
-            options={"verify_aud": False, "enforce_minimum_key_length": True},
+            # A token without `exp` would be good forever: refused, whoever signed it.
+            options={"verify_aud": False, "enforce_minimum_key_length": True, "require": ["exp"]},
         )
+    except jwt.MissingRequiredClaimError:
+        raise AuthorizationError("token has no exp (an expiry is required)") from None
     except jwt.ExpiredSignatureError:
         raise AuthorizationError("token expired") from None
     except jwt.ImmatureSignatureError:
@@ -448,12 +489,13 @@ def normalised_url(url: str) -> str:
 
 
 def entities_limit_from(claims: Mapping[str, Any]) -> int | None:
-    """The positive CTR_ENTITIES_LIMIT claim (int or digit string), else None."""
+    """The positive CTR_ENTITIES_LIMIT claim (int or digit string), at most `MAX_ENTITIES_LIMIT`;
+    else None."""
     value = claims.get(ENTITIES_LIMIT_CLAIM)
     if isinstance(value, bool):
         return None
     if isinstance(value, str) and _SMALL_NUMBER.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, int) and value > 0:
-        return value
+        return min(value, MAX_ENTITIES_LIMIT)
     return None

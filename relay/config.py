@@ -36,6 +36,10 @@ DEFAULT_JWKS_HOSTS = (
     "visibility.apjc.amp.cisco.com",
 )
 MIN_SECRET_LENGTH = 32
+# The most entities of one type an answer may hold, whatever a token's CTR_ENTITIES_LIMIT
+# claim or the setting says (Cisco's own relays cap it so too).
+MAX_ENTITIES_LIMIT = 1000
+DAY = 24 * 3600.0
 
 
 class ConfigError(ValueError):
@@ -73,14 +77,47 @@ def non_negative_float(raw: str) -> float:
     return value
 
 
+# Every number a setting holds has a sane range: no configured value may make every request
+# fail (a validity of 10^9 days overflows every date; a deadline of a microsecond times out
+# every lookup) or let one request take the process (a body of gigabytes, a million threads).
+
+
+def int_from(low: int, high: int) -> Callable[[str], int]:
+    """The parser of a whole number from `low` to `high`."""
+
+    def parse(raw: str) -> int:
+        value = positive_int(raw) if low >= 1 else non_negative_int(raw)
+        if not low <= value <= high:
+            raise ConfigError(f"must be from {low} to {high}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def seconds_from(low: float, high: float) -> Callable[[str], float]:
+    """The parser of a number of seconds from `low` to `high` (0 allowed when `low` is 0)."""
+
+    def parse(raw: str) -> float:
+        value = positive_float(raw) if low > 0 else non_negative_float(raw)
+        if not low <= value <= high:
+            raise ConfigError(f"must be from {low:g} to {high:g} seconds, got {raw!r}")
+        return value
+
+    return parse
+
+
+MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 60.0
+_timeout_seconds = seconds_from(MIN_TIMEOUT, MAX_TIMEOUT)
+
+
 def timeouts(raw: str) -> tuple[float, float]:
     """`5` (connect and read) or `3,10` (connect, read)."""
     parts = [part.strip() for part in raw.split(",")]
     if len(parts) == 1:
-        value = positive_float(parts[0])
+        value = _timeout_seconds(parts[0])
         return value, value
     if len(parts) == 2:
-        return positive_float(parts[0]), positive_float(parts[1])
+        return _timeout_seconds(parts[0]), _timeout_seconds(parts[1])
     raise ConfigError(f"must be SECONDS or CONNECT,READ, got {raw!r}")
 
 
@@ -95,10 +132,43 @@ def http_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): tests, a local simulator."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def upstream_url(raw: str) -> str:
+    """An upstream's URL: https, for plain http is read (and changed) by anyone on the way;
+    plain http only to a loopback address."""
+    url = http_url(raw)
+    if urlsplit(url).scheme != "https" and not is_loopback_url(url):
+        raise ConfigError(f"must be an https:// URL (plain http only to a loopback address), got {raw!r}")
+    return url
+
+
 def url_template(raw: str) -> str:
     if "{host}" not in raw:
         raise ConfigError("must contain {host}")
     http_url(raw.replace("{host}", "example.com"))
+    return raw
+
+
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]{1,100}")
+
+
+def function_name(raw: str) -> str:
+    """A function's name as the platform gives it, which may lead the request path."""
+    if not _PATH_SEGMENT.fullmatch(raw) or raw in (".", ".."):
+        raise ConfigError(f"must be one path segment (letters, digits, - _ . ~), got {raw[:100]!r}")
     return raw
 
 
@@ -121,16 +191,6 @@ def header_name(raw: str) -> str:
     if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", raw):
         raise ConfigError(f"must be an HTTP header name, got {raw!r}")
     return raw
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def host_list(raw: str) -> tuple[str, ...]:
@@ -210,7 +270,7 @@ class Settings:
     # Threatscore
     threatscore_api: str = setting("THREATSCORE_API", threatscore_api, "v3")
     # None: the chosen API's own address (BACKEND_DEFAULT_URLS), filled in by __post_init__.
-    threatscore_api_url: str = setting("THREATSCORE_API_URL", http_url, None)
+    threatscore_api_url: str = setting("THREATSCORE_API_URL", upstream_url, None)
     threatscore_ui_url: str = setting("THREATSCORE_UI_URL", http_url, None)
     # For licensed accounts given a key: sent as `Authorization: Bearer <key>`, or as the
     # value of the header THREATSCORE_API_KEY_HEADER names.
@@ -218,23 +278,25 @@ class Settings:
     threatscore_api_key_header: str | None = setting("THREATSCORE_API_KEY_HEADER", header_name, None)
     # (connect, read) seconds: `THREATSCORE_TIMEOUT=5` or `3,10`.
     threatscore_timeout: tuple[float, float] = setting("THREATSCORE_TIMEOUT", timeouts, (3.0, 5.0))
-    threatscore_max_concurrency: int = setting("THREATSCORE_MAX_CONCURRENCY", positive_int, 10)
-    threatscore_retries: int = setting("THREATSCORE_RETRIES", non_negative_int, 2)
-    threatscore_max_body_bytes: int = setting("THREATSCORE_MAX_BODY_BYTES", positive_int, 5 * 1024 * 1024)
+    threatscore_max_concurrency: int = setting("THREATSCORE_MAX_CONCURRENCY", int_from(1, 100), 10)
+    threatscore_retries: int = setting("THREATSCORE_RETRIES", int_from(0, 100), 2)
+    threatscore_max_body_bytes: int = setting(
+        "THREATSCORE_MAX_BODY_BYTES", int_from(1024, 64 * 1024 * 1024), 5 * 1024 * 1024
+    )
     # Lookups per second sent to Threatscore by all instances together (shared through
     # Redis when REDIS_URL is set, else per instance); 0: no limit.
-    threatscore_rate_limit: int = setting("THREATSCORE_RATE_LIMIT", non_negative_int, 0)
+    threatscore_rate_limit: int = setting("THREATSCORE_RATE_LIMIT", int_from(0, 10_000), 0)
     health_observable: str = setting("HEALTH_OBSERVABLE", text, "127.0.0.100")
 
     # CTIM
-    ctr_entities_limit: int = setting("CTR_ENTITIES_LIMIT", positive_int, 100)
-    ctim_valid_days: int = setting("CTIM_VALID_DAYS", positive_int, 7)
+    ctr_entities_limit: int = setting("CTR_ENTITIES_LIMIT", int_from(1, MAX_ENTITIES_LIMIT), 100)
+    ctim_valid_days: int = setting("CTIM_VALID_DAYS", int_from(1, 3650), 7)
 
     # Requests
-    relay_deadline: float = setting("RELAY_DEADLINE", positive_float, 20.0)
-    max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", positive_int, 1024 * 1024)
-    max_observables: int = setting("RELAY_MAX_OBSERVABLES", positive_int, 1000)
-    max_value_length: int = setting("RELAY_MAX_VALUE_LENGTH", positive_int, 1024)
+    relay_deadline: float = setting("RELAY_DEADLINE", seconds_from(1.0, 600.0), 20.0)
+    max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", int_from(64, 32 * 1024 * 1024), 1024 * 1024)
+    max_observables: int = setting("RELAY_MAX_OBSERVABLES", int_from(1, 10_000), 1000)
+    max_value_length: int = setting("RELAY_MAX_VALUE_LENGTH", int_from(8, 8192), 1024)
 
     # Authentication
     relay_auth: str = setting("RELAY_AUTH", auth_mode, "jwks")
@@ -242,22 +304,22 @@ class Settings:
     jwks_url_template: str = setting(
         "RELAY_JWKS_URL_TEMPLATE", url_template, "https://{host}/.well-known/jwks"
     )
-    jwks_timeout: float = setting("RELAY_JWKS_TIMEOUT", positive_float, 5.0)
-    jwks_cache_ttl: float = setting("RELAY_JWKS_CACHE_TTL", positive_float, 3600.0)
-    jwks_refetch_interval: float = setting("RELAY_JWKS_REFETCH_INTERVAL", non_negative_float, 30.0)
-    jwt_leeway: float = setting("RELAY_JWT_LEEWAY", non_negative_float, 60.0)
+    jwks_timeout: float = setting("RELAY_JWKS_TIMEOUT", seconds_from(MIN_TIMEOUT, MAX_TIMEOUT), 5.0)
+    jwks_cache_ttl: float = setting("RELAY_JWKS_CACHE_TTL", seconds_from(1.0, 7 * DAY), 3600.0)
+    jwks_refetch_interval: float = setting("RELAY_JWKS_REFETCH_INTERVAL", seconds_from(0.0, 3600.0), 30.0)
+    jwt_leeway: float = setting("RELAY_JWT_LEEWAY", seconds_from(0.0, 3600.0), 60.0)
     audience: tuple[str, ...] = setting("RELAY_AUDIENCE", audience_list, ())
     secret: str | None = setting("RELAY_SECRET", secret_text, None, secret=True)
 
     # Cache
-    cache_ttl: float = setting("CACHE_TTL", non_negative_float, 3600.0)
-    cache_negative_ttl: float = setting("CACHE_NEGATIVE_TTL", non_negative_float, 600.0)
-    cache_max_entries: int = setting("CACHE_MAX_ENTRIES", positive_int, 10000)
+    cache_ttl: float = setting("CACHE_TTL", seconds_from(0.0, 30 * DAY), 3600.0)
+    cache_negative_ttl: float = setting("CACHE_NEGATIVE_TTL", seconds_from(0.0, 30 * DAY), 600.0)
+    cache_max_entries: int = setting("CACHE_MAX_ENTRIES", int_from(1, 10_000_000), 10000)
     # The memory cache (the tier in front of Redis with REDIS_URL) holds at most this many
     # bytes of answers, counted as their JSON size.
-    cache_max_bytes: int = setting("CACHE_MAX_BYTES", positive_int, 32 * 1024 * 1024)
+    cache_max_bytes: int = setting("CACHE_MAX_BYTES", int_from(64 * 1024, 16 * 1024**3), 32 * 1024 * 1024)
     # With REDIS_URL: how long the memory tier keeps an answer (Redis keeps it for CACHE_TTL).
-    cache_memory_ttl: float = setting("CACHE_MEMORY_TTL", non_negative_float, 60.0)
+    cache_memory_ttl: float = setting("CACHE_MEMORY_TTL", seconds_from(0.0, 30 * DAY), 60.0)
     # A secret: the URL may carry Redis's password.
     redis_url: str | None = setting("REDIS_URL", text, None, secret=True)
 
@@ -265,8 +327,12 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", log_level, "INFO")
     # Names the trace of each log line (projects/ID/traces/...); `make deploy` sets it.
     google_cloud_project: str | None = setting("GOOGLE_CLOUD_PROJECT", project_id, None)
-    # Error Reporting's service name: Cloud Run sets K_SERVICE to the function's name.
-    service_name: str = setting("K_SERVICE", text, "relay")
+
+    # Set by Google Cloud, not by the operator: the function's names, one of which may lead
+    # the request path (`/relay/observe/observables`); no other first segment is accepted.
+    # K_SERVICE also names the service in Error Reporting.
+    function_target: str = setting("FUNCTION_TARGET", function_name, "relay")
+    service_name: str = setting("K_SERVICE", function_name, "relay")
 
     def __post_init__(self) -> None:
         # Defaults that depend on the backend. Note that `dataclasses.replace(settings,
@@ -277,20 +343,26 @@ class Settings:
         if self.threatscore_ui_url is None:
             object.__setattr__(self, "threatscore_ui_url", default_ui_url)
         # Rules between settings; each setting's own rules are its parser's.
-        if (
-            self.threatscore_api_key
-            and urlsplit(self.threatscore_api_url).scheme != "https"
-            and not is_loopback_url(self.threatscore_api_url)
-        ):
-            raise ConfigError(
-                "THREATSCORE_API_KEY is only sent over https:// (or to a loopback address):"
-                " THREATSCORE_API_URL is plain http://"
-            )
+        # (THREATSCORE_API_KEY never goes over plain http to another machine: THREATSCORE_API_URL's
+        # parser refuses such a URL, key or no key.)
+        for host in self.jwks_hosts if self.relay_auth == "jwks" else ():
+            key_url = self.jwks_url_template.replace("{host}", host)
+            if urlsplit(key_url).scheme != "https" and not is_loopback_url(key_url):
+                raise ConfigError(
+                    "RELAY_JWKS_URL_TEMPLATE must be an https:// URL"
+                    f" (plain http only to a loopback address, not {host})"
+                )
         if self.relay_auth == "secret":
             if not self.secret:
                 raise ConfigError("RELAY_AUTH=secret needs RELAY_SECRET")
             if len(self.secret) < MIN_SECRET_LENGTH:
                 raise ConfigError(f"RELAY_SECRET must be at least {MIN_SECRET_LENGTH} characters long")
+
+    @property
+    def function_names(self) -> tuple[str, ...]:
+        """The names that may lead a request's path."""
+        names = (self.function_target, self.service_name)
+        return tuple(dict.fromkeys(name for name in names if name))
 
     @property
     def threatscore_connect_timeout(self) -> float:

@@ -119,11 +119,72 @@ def _parse_cloud_trace_context(header: str | None) -> tuple[str, str | None, boo
     return trace_id, span_id, options == "1"
 
 
+# Cloud Logging drops an entry over 256 KB: no line comes near it. Each string of a line is
+# cut (a field quoting an upstream's text, a path, a stack trace), each list and object
+# shortened; a line still over the bound (many cut fields) keeps only its essentials.
+MAX_LINE_BYTES = 64 * 1024
+MAX_FIELD_CHARS = 4 * 1024
+MAX_STACK_TRACE_CHARS = 16 * 1024
+MAX_ITEMS = 50  # of a list or an object within a line
+MAX_DEPTH = 6
+MAX_LINE_CHARS_BEFORE_CHECK = MAX_LINE_BYTES // 4  # a character is at most 4 bytes of UTF-8
+ESSENTIAL_FIELDS = (
+    "severity",
+    "time",
+    "logger",
+    LABELS_FIELD,
+    SOURCE_LOCATION_FIELD,
+    "execution_id",
+    "status",
+)
+
+
+def cut(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """`text`, or its start and how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def _bounded(value, depth: int = 0, limit: int = MAX_FIELD_CHARS):
+    """`value` with every string redacted and cut, every list and object shortened."""
+    if isinstance(value, str):
+        return cut(redact(value), limit)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if depth >= MAX_DEPTH:
+        return cut(redact(str(value)), limit)
+    if isinstance(value, dict):
+        items = list(value.items())
+        bounded = {
+            cut(redact(str(key)), 200): _bounded(item, depth + 1, limit) for key, item in items[:MAX_ITEMS]
+        }
+        if len(items) > MAX_ITEMS:
+            bounded["..."] = f"{len(items) - MAX_ITEMS} more fields"
+        return bounded
+    if isinstance(value, list | tuple | set | frozenset):
+        value = list(value)
+        bounded_items = [_bounded(item, depth + 1, limit) for item in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            bounded_items.append(f"... {len(value) - MAX_ITEMS} more items")
+        return bounded_items
+    return cut(redact(str(value)), limit)  # a datetime, an exception: its text
+
+
+def _to_line(entry: dict) -> str:
+    try:
+        return orjson.dumps(entry).decode()
+    except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate, or a huge integer
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
 class CloudLoggingFormatter(logging.Formatter):
     """A record as one line of JSON: `severity`, `message`, `time`, `logger`, extra fields.
 
     A record of ERROR or above with an exception is also an Error Reporting
-    event: `@type`, `serviceContext` and the trace in `stack_trace`.
+    event: `@type`, `serviceContext` and the trace in `stack_trace`. Every string
+    field is redacted (a token in a path is blanked as in the message) and cut, so
+    that no line is longer than `MAX_LINE_BYTES`.
     """
 
     def __init__(self, service: str = "relay", version: str = "") -> None:
@@ -133,7 +194,7 @@ class CloudLoggingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict = {
             "severity": record.levelname,  # DEBUG, INFO, WARNING, ERROR, CRITICAL: all Cloud Logging names
-            "message": redact(record.getMessage()),
+            "message": record.getMessage(),
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
             "logger": record.name,
         }
@@ -149,21 +210,34 @@ class CloudLoggingFormatter(logging.Formatter):
                 "line": str(record.lineno),
                 "function": record.funcName,
             }
+        stack_trace = None
         if record.exc_info and record.exc_info[0] is not None:
             # The cause in words, and the trace where Error Reporting looks for it.
             exc_type, exc, _ = record.exc_info
-            entry["error"] = redact(f"{exc_type.__name__}: {exc}")
-            entry["stack_trace"] = redact("".join(traceback.format_exception(*record.exc_info)))
+            entry["error"] = f"{exc_type.__name__}: {exc}"
+            stack_trace = "".join(traceback.format_exception(*record.exc_info))
             if record.levelno >= logging.ERROR:
                 entry["@type"] = REPORTED_ERROR_EVENT
                 entry["serviceContext"] = self._service_context
         elif record.stack_info:
-            entry["stack_trace"] = redact(record.stack_info)
-        # default=str: a field that is not JSON (a datetime, an exception) must not lose the line.
-        try:
-            return orjson.dumps(entry, default=str).decode()
-        except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate, or a huge integer
-            return json.dumps(entry, ensure_ascii=False, default=str)
+            stack_trace = record.stack_info
+        # A field that is not JSON (a datetime, an exception) becomes its text: the line is kept.
+        entry = _bounded(entry)
+        if stack_trace is not None:
+            # Its end is where the error is: that is what a cut keeps.
+            trace = redact(stack_trace)
+            entry["stack_trace"] = (
+                trace if len(trace) <= MAX_STACK_TRACE_CHARS else "..." + trace[-MAX_STACK_TRACE_CHARS:]
+            )
+        line = _to_line(entry)
+        if len(line) > MAX_LINE_CHARS_BEFORE_CHECK and len(line.encode()) > MAX_LINE_BYTES:
+            essentials = {name: entry[name] for name in ESSENTIAL_FIELDS if name in entry}
+            essentials["message"] = cut(entry.get("message", ""), MAX_FIELD_CHARS)
+            essentials["log_line_cut"] = (
+                f"the line had {len(line.encode())} bytes; fields beyond these were left out"
+            )
+            line = _to_line(essentials)
+        return line
 
 
 class StdoutHandler(logging.Handler):
@@ -228,6 +302,9 @@ def setup_logging(level: str, service: str = "relay", version: str = "") -> None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # urllib3 logs every upstream URL at DEBUG, and an URL holds an observable value (request data).
     logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))
+    # A malformed answer's headers are the relay's error to report, in its words; urllib3's
+    # warning would add a trace and the URL.
+    logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 
 class RequestStats:

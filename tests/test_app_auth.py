@@ -230,7 +230,9 @@ def test_a_key_server_that_is_down_refuses_cleanly_end_to_end(make_client, jwks_
     down = f"127.0.0.1:{free_port()}"
     client = make_client(**{**jwks_env, "RELAY_JWKS_HOSTS": down})
     answer = observe(client, f"Bearer {keys['a'].sign(claims(key_server, jwks_host=down))}")
-    assert answer["errors"][0]["message"] == "Authorization failed: key server unreachable"
+    assert (
+        answer["errors"][0]["message"] == "Authorization failed: key server unreachable (connection refused)"
+    )
 
 
 def test_the_deadline_counts_from_arrival_including_the_key_fetch(
@@ -251,3 +253,54 @@ def test_the_deadline_counts_from_arrival_including_the_key_fetch(
     elapsed = time.monotonic() - started
     assert answer["errors"][0]["code"] == "timeout" and "deadline" in answer["errors"][0]["message"]
     assert elapsed < 2.0  # 1.2 s of keys + 1.0 s of Threatscore would be 2.2 s
+
+
+# --- RELAY_AUDIENCE unset: only the function's own name may lead the path --------
+
+
+@pytest.fixture
+def audience_from_request_env(jwks_env):
+    return {name: value for name, value in jwks_env.items() if name != "RELAY_AUDIENCE"}
+
+
+def test_a_token_for_another_module_is_refused_even_with_a_spoofed_host(
+    make_client, audience_from_request_env, key_server, keys, threatscore
+):
+    """A token for `https://shared.example/other` sent to `/other/observe/observables` with
+    `Host: shared.example`: the request URL is then below the token's audience."""
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    client = make_client(**audience_from_request_env)
+    headers = {"Host": "shared.example"}
+    for module in ("other", "observe-relay"):
+        token = keys["a"].sign(claims(key_server, aud=f"http://shared.example/{module}"))
+        response = client.post(
+            f"/{module}/observe/observables",
+            json=OBSERVABLES,
+            headers={**headers, "Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 404, module
+        assert response.get_json()["errors"][0]["code"] == "not found"
+    own = keys["a"].sign(claims(key_server, aud="http://shared.example/relay"))
+    response = client.post(
+        "/relay/observe/observables", json=OBSERVABLES, headers={**headers, "Authorization": f"Bearer {own}"}
+    )
+    assert "data" in response.get_json()
+    assert threatscore.total_calls == 1
+
+
+def test_the_platforms_service_name_may_lead_the_path(
+    make_client, audience_from_request_env, key_server, keys, threatscore
+):
+    threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
+    client = make_client(**audience_from_request_env, K_SERVICE="threatscore-relay")
+    for path in ("/threatscore-relay/observe/observables", "/relay/observe/observables"):
+        aud = "http://localhost" + path.removesuffix("/observe/observables")
+        token = keys["a"].sign(claims(key_server, aud=aud))
+        assert "data" in observe(client, f"Bearer {token}", path=path), path
+    other = keys["a"].sign(claims(key_server, aud="http://localhost/another"))
+    assert (
+        client.post(
+            "/another/observe/observables", json=OBSERVABLES, headers={"Authorization": f"Bearer {other}"}
+        ).status_code
+        == 404
+    )

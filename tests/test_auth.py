@@ -454,7 +454,7 @@ def test_key_server_down_is_reported(keys):
     authenticator = build_authenticator(settings)
     token = keys["a"].sign(xdr_claims(f"127.0.0.1:{port}"))
 
-    assert refusal(authenticator, f"Bearer {token}") == "key server unreachable"
+    assert refusal(authenticator, f"Bearer {token}") == "key server unreachable (connection refused)"
 
 
 @pytest.mark.parametrize(
@@ -558,7 +558,7 @@ def test_slow_key_server_times_out(keys):
 
 def test_a_broken_session_still_answers_authorization_error(key_server, keys, caplog):
     class BrokenSession(requests.Session):
-        def get(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        def get_adapter(self, *args: Any, **kwargs: Any):  # type: ignore[override]
             raise RuntimeError("boom with details")
 
     key_server.publish(keys["a"])
@@ -580,6 +580,10 @@ def test_a_broken_session_still_answers_authorization_error(key_server, keys, ca
         (25, 25),
         ("40", 40),
         (" 40 ", 40),
+        (1000, 1000),
+        (1001, 1000),  # capped, as Cisco's relays do
+        (10**12, 1000),
+        ("999999999", 1000),
         (0, None),
         (-5, None),
         ("0", None),
@@ -606,11 +610,28 @@ def test_entities_limit_claim(key_server, keys, limit, expected):
 
 def test_secret_token_passes():
     authenticator = build_authenticator(secret_settings())
-    token = jwt.encode({"iat": int(time.time()), "CTR_ENTITIES_LIMIT": 20}, SECRET, algorithm="HS256")
+    now = int(time.time())
+    token = jwt.encode({"iat": now, "exp": now + 60, "CTR_ENTITIES_LIMIT": 20}, SECRET, algorithm="HS256")
 
     caller = authenticator.authenticate(f"Bearer {token}", REQUEST_URL)
 
     assert caller.entities_limit == 20
+
+
+def test_a_token_without_exp_is_refused_in_both_modes(key_server, keys):
+    """Without `exp` a token, once leaked, would be good forever."""
+    key_server.publish(keys["a"])
+    now = int(time.time())
+    jwks = build_authenticator(jwks_settings(key_server))
+    secret = build_authenticator(secret_settings())
+    forever = [
+        (jwks, keys["a"].sign(xdr_claims(key_server.host, exp=None))),
+        (secret, jwt.encode({"iat": now}, SECRET, algorithm="HS256")),
+        (secret, jwt.encode({"iat": now, "exp": None}, SECRET, algorithm="HS256")),
+    ]
+    for authenticator, token in forever:
+        assert refusal(authenticator, f"Bearer {token}").startswith("token has no exp")
+    assert jwks.authenticate(f"Bearer {keys['a'].sign(xdr_claims(key_server.host))}", REQUEST_URL)
 
 
 def test_secret_token_signed_with_another_secret_is_refused():
@@ -647,8 +668,9 @@ def test_secret_mode_checks_expiry():
 
 
 def test_secret_mode_checks_audience_only_when_configured():
-    token_for_a = jwt.encode({"aud": "https://a.example/relay"}, SECRET, algorithm="HS256")
-    token_without_aud = jwt.encode({"iat": int(time.time())}, SECRET, algorithm="HS256")
+    exp = int(time.time()) + 60
+    token_for_a = jwt.encode({"aud": "https://a.example/relay", "exp": exp}, SECRET, algorithm="HS256")
+    token_without_aud = jwt.encode({"iat": int(time.time()), "exp": exp}, SECRET, algorithm="HS256")
 
     unchecked = build_authenticator(secret_settings())
     assert unchecked.authenticate(f"Bearer {token_for_a}", REQUEST_URL)
@@ -657,7 +679,7 @@ def test_secret_mode_checks_audience_only_when_configured():
     checked = build_authenticator(secret_settings(audience=("https://a.example/relay/",)))
     assert checked.authenticate(f"Bearer {token_for_a}", REQUEST_URL)
     assert refusal(checked, f"Bearer {token_without_aud}") == "wrong audience (token has no aud)"
-    token_for_b = jwt.encode({"aud": "https://b.example/relay"}, SECRET, algorithm="HS256")
+    token_for_b = jwt.encode({"aud": "https://b.example/relay", "exp": exp}, SECRET, algorithm="HS256")
     assert refusal(checked, f"Bearer {token_for_b}") == "wrong audience"
 
 

@@ -1,6 +1,11 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from relay.config import ConfigError, Settings
+from tests.relay_process import ROOT, without_relay_settings
 
 
 def test_defaults():
@@ -67,7 +72,7 @@ def test_an_api_key_goes_over_https_or_to_a_loopback_address(url):
 
 @pytest.mark.parametrize("url", ["http://ts.example", "http://10.0.0.1:9000", "http://127.0.0.1.example"])
 def test_an_api_key_over_plain_http_is_refused_at_start_up(url):
-    with pytest.raises(ConfigError, match="THREATSCORE_API_KEY is only sent over https://") as raised:
+    with pytest.raises(ConfigError, match="THREATSCORE_API_URL: must be an https:// URL") as raised:
         Settings.from_env({"THREATSCORE_API_KEY": "secret-key-value", "THREATSCORE_API_URL": url})
     assert "secret-key-value" not in str(raised.value)
 
@@ -118,3 +123,98 @@ def test_secrets_never_show_in_repr():
     )
     assert "xxxx" not in repr(settings) and "hunter2" not in repr(settings)
     assert "sesame" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CTIM_VALID_DAYS", "100000000"),  # valid_time's end would overflow every date
+        ("CTIM_VALID_DAYS", "3651"),
+        ("CTR_ENTITIES_LIMIT", "1001"),
+        ("RELAY_DEADLINE", "0.000001"),  # every lookup would time out
+        ("RELAY_DEADLINE", "1e9"),
+        ("THREATSCORE_TIMEOUT", "0.001"),
+        ("THREATSCORE_TIMEOUT", "3,1e6"),
+        ("THREATSCORE_RETRIES", "1000000"),
+        ("THREATSCORE_MAX_CONCURRENCY", "100000"),
+        ("THREATSCORE_MAX_BODY_BYTES", "10"),  # no answer would fit
+        ("THREATSCORE_MAX_BODY_BYTES", str(2**40)),
+        ("RELAY_MAX_BODY_BYTES", "10"),
+        ("RELAY_MAX_BODY_BYTES", str(2**40)),
+        ("RELAY_MAX_OBSERVABLES", "100000000"),
+        ("RELAY_MAX_VALUE_LENGTH", "3"),
+        ("RELAY_MAX_VALUE_LENGTH", "100000000"),
+        ("RELAY_JWKS_TIMEOUT", "1e6"),
+        ("RELAY_JWKS_CACHE_TTL", "1e300"),
+        ("RELAY_JWKS_REFETCH_INTERVAL", "1e9"),
+        ("RELAY_JWT_LEEWAY", "1e12"),
+        ("CACHE_TTL", "1e300"),
+        ("CACHE_NEGATIVE_TTL", "1e300"),
+        ("CACHE_MAX_ENTRIES", str(10**12)),
+    ],
+)
+def test_every_number_has_a_sane_range(name, value):
+    with pytest.raises(ConfigError, match=rf"^{name}: must be"):
+        Settings.from_env({name: value})
+
+
+def test_the_ranges_hold_their_ends():
+    settings = Settings.from_env(
+        {"CTIM_VALID_DAYS": "3650", "CTR_ENTITIES_LIMIT": "1000", "RELAY_DEADLINE": "600", "CACHE_TTL": "0"}
+    )
+    assert (settings.ctim_valid_days, settings.ctr_entities_limit) == (3650, 1000)
+    assert (settings.relay_deadline, settings.cache_ttl) == (600.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://threatscore.example",
+        "http://10.0.0.8:8080",
+        "http://[::ffff:1.2.3.4]",
+        "http://127.0.0.1.example",
+    ],
+)
+def test_threatscore_must_be_https_except_to_loopback(url):
+    with pytest.raises(ConfigError, match=r"THREATSCORE_API_URL: must be an https:// URL"):
+        Settings.from_env({"THREATSCORE_API_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9000", "http://127.8.9.1", "http://[::1]:8080", "http://localhost"]
+)
+def test_plain_http_to_loopback_is_allowed(url):
+    assert Settings.from_env({"THREATSCORE_API_URL": url}).threatscore_api_url == url
+
+
+def test_key_urls_must_be_https_except_to_loopback():
+    with pytest.raises(ConfigError, match=r"RELAY_JWKS_URL_TEMPLATE must be an https:// URL"):
+        Settings.from_env({"RELAY_JWKS_URL_TEMPLATE": "http://{host}/.well-known/jwks"})
+    with pytest.raises(ConfigError, match=r"not keys\.example"):
+        Settings.from_env(
+            {
+                "RELAY_JWKS_URL_TEMPLATE": "http://{host}/jwks",
+                "RELAY_JWKS_HOSTS": "127.0.0.1:9000,keys.example",
+            }
+        )
+    local = Settings.from_env(
+        {"RELAY_JWKS_URL_TEMPLATE": "http://{host}/jwks", "RELAY_JWKS_HOSTS": "127.0.0.1:9000"}
+    )
+    assert local.jwks_hosts == ("127.0.0.1:9000",)
+
+
+def test_a_relay_with_a_plain_http_upstream_does_not_start(tmp_path):
+    """Refused at start-up: the process exits saying why, it does not serve."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from relay.app import RelayApp; RelayApp.from_env()"],
+        cwd=ROOT,
+        env={
+            **without_relay_settings(os.environ),
+            "THREATSCORE_API_URL": "http://threatscore.example",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "THREATSCORE_API_URL: must be an https:// URL" in result.stderr

@@ -51,14 +51,14 @@ def test_each_request_logs_one_line_with_its_facts(threatscore, client, capsys):
     response = client.post(
         OBSERVE,
         json=[{"type": "ip", "value": "198.51.100.7"}, {"type": "domain", "value": MARKER}],
-        headers={"Function-Execution-Id": "exec-42abc", "Authorization": f"Bearer {TOKEN}"},
+        headers={"Function-Execution-Id": "exec42abc123", "Authorization": f"Bearer {TOKEN}"},
     )
     assert response.status_code == 200
     out, err = logged(capsys)
     [line] = request_lines(log_records(out))
     assert line["severity"] == "WARNING"  # an upstream failure is the operator's concern
-    assert line["execution_id"] == "exec-42abc"
-    assert line["logging.googleapis.com/labels"] == {"execution_id": "exec-42abc"}
+    assert line["execution_id"] == "exec42abc123"
+    assert line["logging.googleapis.com/labels"] == {"execution_id": "exec42abc123"}
     assert line["path"] == OBSERVE and line["method"] == "POST" and line["status"] == 200
     assert line["observables"] == 2
     assert line["upstream_calls"] == 2 and line["cache_hits"] == 0
@@ -266,6 +266,78 @@ def test_lines_from_many_threads_are_all_written_whole(capsys):
     records = [r for r in log_records(logged(capsys).out) if r["logger"] == "relay.test-writer"]
     assert len(records) == 1600
     assert {r["message"].split(" of ")[1].split(" ")[1] for r in records} == {str(t) for t in range(8)}
+
+
+# --- every field redacted and bounded -------------------------------------------------
+
+
+def format_line(message: str = "hello", args=None, **fields) -> str:
+    record = logging.LogRecord("relay.test", logging.WARNING, __file__, 1, message, args, None)
+    record.json_fields = fields
+    return CloudLoggingFormatter().format(record)
+
+
+def test_a_token_is_redacted_in_every_field_not_only_the_message():
+    line = format_line(path=f"/{TOKEN}/observe", nested={"items": [f"Bearer {TOKEN}"]})
+    assert TOKEN not in line and TOKEN.split(".")[1] not in line
+    record = json.loads(line)
+    assert record["path"] == "/[redacted token]/observe"
+    assert record["nested"]["items"] == ["Bearer [redacted]"]
+
+
+def test_no_line_is_longer_than_the_bound():
+    from relay.logs import MAX_LINE_BYTES
+
+    huge = "k" * (8 << 20)  # an upstream's key name, 8 MB
+    lines = [
+        format_line("%s", (huge,)),
+        format_line(error=huge),
+        format_line(errors=[{"code": "key error", "message": f"unexpected key {huge[:100_000]}"}] * 1000),
+        format_line(**{f"field_{index}": "é" * 4000 for index in range(200)}),
+        format_line(deep=[[[[[[[[[["x" * 100_000]]]]]]]]]]),
+    ]
+    for line in lines:
+        assert len(line.encode()) <= MAX_LINE_BYTES
+        record = json.loads(line)
+        assert record["severity"] == "WARNING" and record["logger"] == "relay.test"
+    assert json.loads(lines[0])["message"].startswith("kkkk")
+    assert "more characters" in json.loads(lines[0])["message"]
+
+
+def test_the_request_log_of_the_real_process_redacts_its_path_and_refuses_made_up_execution_ids(
+    launch_relay, http
+):
+    from relay.logs import MAX_LINE_BYTES
+
+    relay = launch_relay()
+    made_up = ["evil id", "x" * 5000, "../../labels", "short", "\u00e9t\u00e9-1234567"]
+    for execution_id in made_up:
+        response = http.post(
+            f"{relay.url}/{TOKEN}/observe/observables",
+            json=[],
+            headers={"Function-Execution-Id": execution_id},
+            timeout=30,
+        )
+        assert response.status_code == 404
+    google_form = "a1B2c3D4e5F6"
+    http.post(f"{relay.url}/version", headers={"Function-Execution-Id": google_form}, timeout=30)
+    http.post(f"{relay.url}/version", timeout=30)  # the request line is logged once it is answered
+
+    def request_records():
+        return [record for record in relay.log_records() if record["logger"] == "relay.request"]
+
+    from tests.hostile_servers import wait_until
+
+    assert wait_until(lambda: len(request_records()) == len(made_up) + 2)
+    stdout = relay.stdout_path.read_text()
+    assert TOKEN not in stdout and TOKEN.split(".")[1] not in stdout
+    records = request_records()
+    for record in records[: len(made_up)]:
+        assert record["path"] == "/[redacted token]/observe/observables"
+        label = record["logging.googleapis.com/labels"]["execution_id"]
+        assert label == record["execution_id"] and label not in made_up and label.isalnum()
+    assert records[len(made_up)]["execution_id"] == google_form
+    assert all(len(line.encode()) <= MAX_LINE_BYTES for line in relay.stdout_lines())
 
 
 def test_the_request_line_counts_what_was_dropped_and_why(threatscore, client, capsys):

@@ -191,7 +191,7 @@ def test_each_request_line_is_on_stdout_before_its_response_arrives(launch_relay
     session = requests.Session()
     session.post(f"{relay.url}/version", timeout=30)  # warm up: the first request's imports
     for index in range(20):
-        execution_id = f"exec-{index:04d}"
+        execution_id = f"exec{index:08d}"  # Google's form: letters and digits
         response = session.post(
             f"{relay.url}{OBSERVE}", json=[], headers={"Function-Execution-Id": execution_id}, timeout=30
         )

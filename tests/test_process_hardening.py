@@ -156,7 +156,7 @@ def test_logs_are_one_json_object_per_line_with_the_execution_id(
         {"type": "ip", "value": "198.51.100.7"},
         {"type": "domain", "value": "private-incident-host.example"},
     ]
-    headers = {"Function-Execution-Id": "exec-from-google-1", "Authorization": f"Bearer {TOKEN}"}
+    headers = {"Function-Execution-Id": "execFromGoogle1", "Authorization": f"Bearer {TOKEN}"}
     assert http.post(relay.url + OBSERVE, json=body, headers=headers, timeout=10).status_code == 200
     http.post(relay.url + OBSERVE, data=b"{oops", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     relay.stop()  # flushes and closes its output
@@ -166,7 +166,7 @@ def test_logs_are_one_json_object_per_line_with_the_execution_id(
     assert all(record["message"] for record in records)
     assert {record["logger"] for record in records} >= {"relay.auth", "relay.request"}
     first, second = [record for record in records if record["logger"] == "relay.request"]
-    assert first["execution_id"] == "exec-from-google-1" and first["observables"] == 2
+    assert first["execution_id"] == "execFromGoogle1" and first["observables"] == 2
     assert first["severity"] == "WARNING" and first["errors"][0]["code"] == "service unavailable"
     assert first["path"] == OBSERVE and first["duration_ms"] > 0
     assert second["execution_id"] and second["execution_id"] != first["execution_id"]

@@ -9,7 +9,6 @@ modules (`score`, ...) build the request and read the answer.
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
 import time
@@ -21,6 +20,8 @@ import urllib3
 from urllib3.exceptions import InvalidHeader, MaxRetryError
 from urllib3.util.retry import Retry
 
+from relay import bounded_fetch
+from relay.bounded_fetch import FetchError, fetch
 from relay.config import Settings
 from relay.errors import (
     DeadlineExceededError,
@@ -176,49 +177,63 @@ class Transport:
             self._sleep(wait)
 
     def _fetch(self, method: str, url: str, deadline: float | None, json_body: object) -> _Reply:
-        timeout = self._attempt_timeout(deadline)
+        """One attempt, bounded: it ends within the connect plus the read timeout (or at the deadline)."""
+        connect, read = self._attempt_timeout(deadline)
+        started = time.monotonic()
+        give_up_at = started + connect + read if deadline is None else min(started + connect + read, deadline)
         try:
-            with self._session.request(
+            fetched = fetch(
+                self._session,
                 method,
                 url,
                 headers=self._headers,
-                json=json_body,
-                timeout=timeout,
-                stream=True,
-            ) as response:
-                return _Reply(
-                    response.status_code, self._read_capped(response, timeout[1], deadline), response.raw
-                )
-        except RelayError:
-            raise
-        except requests.exceptions.SSLError:
-            raise UpstreamTLSError("Threatscore's TLS certificate could not be verified") from None
-        except requests.exceptions.ConnectTimeout as exc:
-            raise _RetryableConnectionError(
-                self._timeout_error(
-                    f"Threatscore did not accept a connection within {timeout[0]:g} s", deadline
-                ),
-                exc,
-            ) from None
-        except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
-            # Not retried: a slow Threatscore is not helped by more questions.
-            raise self._timeout_error(
-                f"Threatscore did not answer within {timeout[1]:g} s", deadline
-            ) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise _RetryableConnectionError(UpstreamConnectionError(_connection_problem(exc)), exc) from None
-        except (
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.ProtocolError,
-            urllib3.exceptions.DecodeError,
-        ) as exc:
-            raise _RetryableConnectionError(
-                UpstreamConnectionError("the connection to Threatscore broke off mid-answer"), exc
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            raise UpstreamConnectionError(
-                f"Threatscore could not be reached ({type(exc).__name__})"
-            ) from None
+                json_body=json_body,
+                connect_timeout=connect,
+                read_timeout=read,
+                give_up_at=give_up_at,
+                max_body_bytes=self._max_body_bytes,
+            )
+        except FetchError as failure:
+            raise self._failure(failure, (connect, read), give_up_at - started, deadline) from None
+        if fetched.is_redirect:
+            raise RelayError(
+                f"Threatscore answered with a redirect (HTTP {fetched.status}), which the relay does not"
+                " follow (is THREATSCORE_API_URL right?)"
+            )
+        return _Reply(fetched.status, fetched.body, fetched.raw)
+
+    def _failure(
+        self, failure: FetchError, timeout: tuple[float, float], attempt: float, deadline: float | None
+    ) -> Exception:
+        """The failed attempt in words; `_RetryableConnectionError` when another try may help."""
+        kind = failure.kind
+        connect, read = timeout
+        if kind == bounded_fetch.TLS_CERTIFICATE:
+            return UpstreamTLSError("Threatscore's TLS certificate could not be verified")
+        if kind == bounded_fetch.TLS_HANDSHAKE:
+            return UpstreamTLSError(
+                "Threatscore did not complete a TLS handshake (does THREATSCORE_API_URL speak https?)"
+            )
+        if kind == bounded_fetch.TOO_LARGE:
+            return _too_large(self._max_body_bytes)
+        # Timeouts are not retried: a slow Threatscore is not helped by more questions.
+        if kind == bounded_fetch.READ_TIMEOUT:
+            return self._timeout_error(f"Threatscore did not answer within {read:g} s", deadline)
+        if kind == bounded_fetch.OUT_OF_TIME:
+            return self._timeout_error(
+                f"Threatscore's answer did not arrive whole within {attempt:g} s", deadline
+            )
+        if kind == bounded_fetch.CONNECT_TIMEOUT:
+            error: RelayError = self._timeout_error(
+                f"Threatscore did not accept a connection within {connect:g} s", deadline
+            )
+        elif kind == bounded_fetch.BROKEN:
+            error = UpstreamConnectionError("the connection to Threatscore broke off mid-answer")
+        else:
+            error = UpstreamConnectionError(CONNECTION_PROBLEMS.get(kind, "Threatscore could not be reached"))
+        if kind == bounded_fetch.UNREACHABLE:
+            return error
+        return _RetryableConnectionError(error, failure.cause or failure)
 
     def _attempt_timeout(self, deadline: float | None) -> tuple[float, float]:
         """(connect, read) timeouts for one attempt: the configured ones, cut to the time left."""
@@ -236,30 +251,6 @@ class Transport:
             return DeadlineExceededError("Threatscore did not answer before the relay's deadline")
         return UpstreamTimeoutError(message)
 
-    def _read_capped(self, response: requests.Response, read_timeout: float, deadline: float | None) -> bytes:
-        """The body, refusing more than the cap without holding more than the cap.
-
-        The read timeout bounds each wait for bytes; a body that trickles in
-        must also arrive whole within that time (and before the deadline).
-        """
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise _too_large(self._max_body_bytes)
-        give_up_at = time.monotonic() + read_timeout
-        if deadline is not None:
-            give_up_at = min(give_up_at, deadline)
-        chunks, size = [], 0
-        for chunk in _arriving_chunks(response.raw):
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                raise _too_large(self._max_body_bytes)
-            if time.monotonic() > give_up_at:
-                raise self._timeout_error(
-                    f"Threatscore's answer did not arrive within {read_timeout:g} s", deadline
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
 
 def _retry_after(retry: Retry, raw: urllib3.BaseHTTPResponse) -> float | None:
     """Seconds Threatscore asked to wait (429, 503), or None: then the backoff applies."""
@@ -274,15 +265,6 @@ def _retry_after(retry: Retry, raw: urllib3.BaseHTTPResponse) -> float | None:
 def _fits(wait: float, deadline: float | None) -> bool:
     """Whether waiting `wait` seconds still leaves time for an attempt before the deadline."""
     return deadline is None or time.monotonic() + wait + MIN_ATTEMPT_SECONDS < deadline
-
-
-def _arriving_chunks(raw: urllib3.response.BaseHTTPResponse):
-    """The body's bytes as they arrive (not waiting to fill a buffer), decoded."""
-    if raw.chunked:
-        yield from raw.stream(64 * 1024, decode_content=True)
-        return
-    while chunk := raw.read1(64 * 1024, decode_content=True):
-        yield chunk
 
 
 def parse_json(body: bytes):
@@ -363,30 +345,10 @@ def _too_large(cap: int) -> UpstreamFormatError:
     return UpstreamFormatError(f"Threatscore's answer is larger than {cap} bytes")
 
 
-def _connection_problem(exc: requests.exceptions.ConnectionError) -> str:
-    """The failure in words, from the exceptions' types (their texts quote the URL, and so
-    the observable, which must not change what the relay says)."""
-    causes = _causes(exc)
-    if any(isinstance(cause, urllib3.exceptions.NameResolutionError) for cause in causes):
-        return "Threatscore's host name could not be resolved"
-    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
-        return "Threatscore refused the connection"
-    broken = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected)
-    if any(isinstance(cause, broken) for cause in causes):
-        return "the connection to Threatscore was reset"
-    if any(isinstance(cause, TimeoutError | urllib3.exceptions.TimeoutError) for cause in causes):
-        return "Threatscore did not answer in time"
-    return "Threatscore could not be reached"
-
-
-def _causes(exc: BaseException, limit: int = 20) -> list[BaseException]:
-    """`exc` and what it wraps: its cause, context, urllib3's `reason` and exceptions in its args."""
-    found: list[BaseException] = []
-    pending: list[object] = [exc]
-    while pending and len(found) < limit:
-        item = pending.pop()
-        if not isinstance(item, BaseException) or any(item is seen for seen in found):
-            continue
-        found.append(item)
-        pending.extend((item.__cause__, item.__context__, getattr(item, "reason", None), *item.args))
-    return found
+# Connection failures in words, by kind (the exceptions' texts quote the URL, and so the
+# observable, which must not change what the relay says).
+CONNECTION_PROBLEMS = {
+    bounded_fetch.UNRESOLVED: "Threatscore's host name could not be resolved",
+    bounded_fetch.REFUSED: "Threatscore refused the connection",
+    bounded_fetch.RESET: "the connection to Threatscore was reset",
+}
