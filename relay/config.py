@@ -258,6 +258,11 @@ class DeclaredSetting:
     secret: bool
 
 
+def setting_names() -> frozenset[str]:
+    """The environment variables the relay reads (a test, the demo or a benchmark sets its own)."""
+    return frozenset(declared.env for declared in declared_settings())
+
+
 def declared_settings() -> list[DeclaredSetting]:
     return [
         DeclaredSetting(f.metadata["env"], f.name, f.default, f.metadata["secret"])

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from relay.config import setting_names
 from simulator.catalogue import ENTRIES
 from simulator.server import ThreatscoreSimulator
 
@@ -33,17 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 LOG_FILE = ROOT / ".simulator" / "demo-relay.log"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-# The relay's settings (relay/config.py reads variables with these prefixes): the demo sets its own.
-RELAY_SETTING_PREFIXES = (
-    "RELAY_",
-    "THREATSCORE_",
-    "CTR_",
-    "CTIM_",
-    "CACHE_",
-    "REDIS_",
-    "HEALTH_",
-    "LOG_LEVEL",
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start_relay(port: int, simulator_url: str) -> subprocess.Popen:
-    env = {name: value for name, value in os.environ.items() if not name.startswith(RELAY_SETTING_PREFIXES)}
+    env = {name: value for name, value in os.environ.items() if name not in setting_names()}
     env.update(
         {
             "RELAY_AUTH": "none",

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 
+from relay.config import setting_names
 from relay.logs import flush_logs
 from simulator import ThreatscoreSimulator
-from tests.relay_process import RELAY_SETTING_PREFIXES, ROOT, VENV_BIN, RelayProcess, free_port
+from tests.relay_process import ROOT, VENV_BIN, RelayProcess, free_port
 
 MAIN = ROOT / "main.py"
 __all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
@@ -36,7 +37,7 @@ __all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
 def _no_relay_settings_from_the_shell(monkeypatch):
     """A developer's exported CACHE_TTL (or any relay setting) must not change what a test sees."""
     for name in list(os.environ):
-        if name.startswith(RELAY_SETTING_PREFIXES):
+        if name in setting_names():
             monkeypatch.delenv(name)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from relay.config import setting_names
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -108,19 +110,6 @@ def stop_process(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-# The relay's settings are environment variables with these prefixes (relay/config.py).
-RELAY_SETTING_PREFIXES = (
-    "RELAY_",
-    "THREATSCORE_",
-    "CTR_",
-    "CTIM_",
-    "CACHE_",
-    "REDIS_",
-    "HEALTH_",
-    "LOG_LEVEL",
-)
-
-
 def without_relay_settings(environ) -> dict[str, str]:
     """`environ` less the relay's settings: a test or a benchmark sets its own, and only those."""
-    return {name: value for name, value in environ.items() if not name.startswith(RELAY_SETTING_PREFIXES)}
+    return {name: value for name, value in environ.items() if name not in setting_names()}

@@ -80,8 +80,8 @@ def test_observables_are_looked_up_concurrently_at_most_max_concurrency_at_a_tim
     )
 
     assert all(outcomes[o.cache_key].answer is not None for o in observables)
-    # 3 rounds of 0.4 s; one after another would take 4.8 s.
-    assert elapsed < 2.4
+    # 3 rounds of 0.4 s; one after another would take 4.8 s (a generous margin: machines are shared).
+    assert elapsed < 3.6
     assert threatscore.peak_in_flight == 4
 
 
