@@ -458,7 +458,9 @@ def main() -> int:
         rows += case_e(fake, relay_env, args)
         # G-J script answers in the score API's shape.
         score_env = {**relay_env, "THREATSCORE_API": "score"}
-        rows.extend(Row(*row) for row in instances.cases_g_h_i_j(fake, score_env, LOGS))
+        rows.extend(
+            Row(case, "score", *rest) for case, *rest in instances.cases_g_h_i_j(fake, score_env, LOGS)
+        )
     finally:
         for function in functions:
             function.stop()

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 import orjson
+from cachetools import LRUCache
 
 from relay.config import Settings
 from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, RelayError, envelope
 from relay.logs import RequestStats
-from relay.lookup import Lookup
-from relay.mapping import MappingOptions, ObservableEntities, map_answer, search_url
+from relay.lookup import Lookup, Outcome
+from relay.mapping import MappingOptions, map_answer, search_url
 from relay.observables import TYPE_NAMES, TYPES_BY_API, Observable, canonical_value
 from relay.version import VERSION
 
@@ -66,6 +68,7 @@ class Handlers:
     def __init__(self, settings: Settings, lookup: Lookup):
         self._settings = settings
         self._lookup = lookup
+        self._mapped = MappedAnswers()
         # The types the configured Threatscore API looks up (parse_observables keeps only these).
         self.supported_types = TYPES_BY_API[settings.threatscore_api]
         self._health_probe = health_probe(settings.health_observable, self.supported_types)
@@ -110,10 +113,7 @@ class Handlers:
                 context.stats.count_error(outcome.error.code, outcome.error.message)
                 continue
             try:
-                # valid_time counts from when Threatscore was asked: a cached answer maps the same everywhere.
-                entities = map_answer(
-                    observable, outcome.answer, options, now=outcome.fetched_at or context.now
-                )
+                mapped = self._mapped.get(observable, outcome, options, kinds, context.now)
             except Exception:  # one answer the relay cannot map costs that observable only
                 logger.exception("mapping a Threatscore answer to CTIM failed")
                 self._lookup.forget(observable.cache_key)  # ask again next time
@@ -121,15 +121,17 @@ class Handlers:
                 errors.append(error.about(observable.value))
                 context.stats.count_error(error.code, error.message)
                 continue
-            new = _new_docs(entities, kinds, indicator_ids)
-            added = _size(new)
+            new_indicators = [doc for doc in mapped.indicators if doc["id"] not in indicator_ids]
+            added = mapped.size + sum(mapped.indicator_sizes[doc["id"]] for doc in new_indicators)
             if size + added > MAX_ANSWER_BYTES:
                 left_out += 1
                 continue
             size += added
-            for kind, kind_docs in new.items():
+            for kind, kind_docs in mapped.docs.items():
                 docs[kind].extend(kind_docs)
-            indicator_ids.update(indicator["id"] for indicator in new.get("indicators", ()))
+            if "indicators" in docs:
+                docs["indicators"].extend(new_indicators)
+            indicator_ids.update(doc["id"] for doc in new_indicators)
         if left_out:
             too_large = AnswerTooLargeError(
                 f"The answer would be larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MB: the entities"
@@ -157,15 +159,76 @@ class Handlers:
         }
 
 
-def _new_docs(entities: ObservableEntities, kinds: tuple[str, ...], listed_indicators: set[str]) -> dict:
-    """One observable's docs of `kinds`, less the indicators the answer already lists."""
-    new = {kind: getattr(entities, kind) for kind in kinds}
-    if "indicators" in new:
-        new["indicators"] = [doc for doc in new["indicators"] if doc["id"] not in listed_indicators]
-    return new
+@dataclass(frozen=True)
+class MappedAnswer:
+    """One observable's docs of the kinds asked for, with the bytes they add to the answer's
+    JSON: `size` for all but the indicators, which are counted one by one (`indicator_sizes`)
+    because an indicator that several observables share is listed once."""
+
+    answer: object  # the answer mapped: an entry is reused only for this very object
+    docs: dict[str, list[dict]]
+    indicators: list[dict]
+    size: int
+    indicator_sizes: dict[str, int]
 
 
-def _size(docs: dict[str, list[dict]]) -> int:
+class MappedAnswers:
+    """The mapped docs of recent cached answers, reused while the answer object is the same.
+
+    Since the mapping counts from when Threatscore was asked (not from the request), an
+    answer served from the cache maps to the same docs on every request: mapping it and
+    measuring the docs once, rather than on every request, takes most of the work off a
+    cached observable. Bounded in bytes of docs; entries are shared read-only.
+    """
+
+    MAX_BYTES = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._entries: LRUCache = LRUCache(maxsize=self.MAX_BYTES, getsizeof=_entry_bytes)
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        observable: Observable,
+        outcome: Outcome,
+        options: MappingOptions,
+        kinds: tuple[str, ...],
+        request_time: datetime,
+    ) -> MappedAnswer:
+        key = (observable, options, kinds, outcome.fetched_at)
+        if outcome.fetched_at is not None:
+            with self._lock:
+                entry = self._entries.get(key)
+            if entry is not None and entry.answer is outcome.answer:
+                return entry
+        entry = _mapped(observable, outcome.answer, options, kinds, outcome.fetched_at or request_time)
+        if outcome.fetched_at is not None and entry.size <= self.MAX_BYTES // 16:
+            with self._lock:
+                self._entries[key] = entry
+        return entry
+
+
+def _entry_bytes(entry: MappedAnswer) -> int:
+    return entry.size + sum(entry.indicator_sizes.values()) + 512
+
+
+def _mapped(
+    observable: Observable, answer, options: MappingOptions, kinds: tuple[str, ...], asked_at: datetime
+) -> MappedAnswer:
+    # valid_time counts from when Threatscore was asked: a cached answer maps the same everywhere.
+    entities = map_answer(observable, answer, options, now=asked_at)
+    docs = {kind: getattr(entities, kind) for kind in kinds if kind != "indicators"}
+    indicators = entities.indicators if "indicators" in kinds else []
+    return MappedAnswer(
+        answer=answer,
+        docs=docs,
+        indicators=indicators,
+        size=_size(docs),
+        indicator_sizes={doc["id"]: _size(doc) + 1 for doc in indicators},  # +1: the comma
+    )
+
+
+def _size(docs: dict) -> int:
     """Bytes the docs add to the answer's JSON."""
     try:
         return len(orjson.dumps(docs))

@@ -211,3 +211,44 @@ def test_the_answer_never_passes_its_bound(threatscore, make_client):
     assert 0 < verdicts < 1000
     assert f"of {1000 - verdicts} observable(s)" in warning["message"]
     assert threatscore.calls_for("abcdefghij.example") == 1
+
+
+# --- mapped answers, reused while the cached answer is the same ------------------------------------
+
+
+def test_a_cached_answer_is_mapped_once_and_a_new_answer_again():
+    from datetime import UTC, datetime
+
+    from relay.handlers import ENTITY_KINDS, MappedAnswers
+    from relay.lookup import Outcome
+    from relay.mapping import MappingOptions
+    from relay.observables import Observable
+    from relay.schemas import parse_v3_answer
+    from tests import answers
+
+    mapped = MappedAnswers()
+    observable = Observable("ip", "198.51.100.7", "198.51.100.7")
+    options = MappingOptions(ui_url="https://ui.example", valid_days=7, entities_limit=100)
+    fetched_at = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    answer = parse_v3_answer(answers.V3_FOUND)  # the normalised answer, as the cache holds it
+    outcome = Outcome(answer=answer, fetched_at=fetched_at)
+    later = datetime(2026, 12, 1, tzinfo=UTC)
+
+    first = mapped.get(observable, outcome, options, ENTITY_KINDS, later)
+    again = mapped.get(
+        observable, Outcome(answer=answer, fetched_at=fetched_at), options, ENTITY_KINDS, later
+    )
+    assert again is first  # the same answer object: not mapped again
+    assert first.docs["verdicts"][0]["valid_time"]["end_time"].startswith(
+        "2026-12-07T08:00"
+    )  # from the fetch
+
+    refreshed = mapped.get(
+        observable, Outcome(answer={**answer}, fetched_at=fetched_at), options, ENTITY_KINDS, later
+    )
+    assert refreshed is not first and refreshed.docs == first.docs  # another answer object: mapped anew
+
+    uncached = Outcome(answer=answer, fetched_at=None)
+    assert mapped.get(observable, uncached, options, ENTITY_KINDS, later) is not mapped.get(
+        observable, uncached, options, ENTITY_KINDS, later
+    )
