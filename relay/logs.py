@@ -171,6 +171,28 @@ def _bounded(value, depth: int = 0, limit: int = MAX_FIELD_CHARS):
     return cut(redact(str(value)), limit)  # a datetime, an exception: its text
 
 
+# What orjson must not write in its own way on the short path: `_bounded` writes these as text.
+_PLAIN_JSON_ONLY = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _short_plain_line(entry: dict) -> str | None:
+    """The line of most records, without walking every field: when it is plain JSON, shorter
+    than one field may be (so nothing in it needs cutting) and holds nothing shaped like a
+    token (so redacting each field would change nothing). None: take the long way."""
+    try:
+        line = orjson.dumps(entry, option=_PLAIN_JSON_ONLY)
+    except TypeError:  # orjson.JSONEncodeError: a datetime, a set, a lone surrogate, a huge integer
+        return None
+    if len(line) > MAX_FIELD_CHARS:
+        return None
+    lowered = line.lower()
+    if b"bearer" in lowered or b"eyj" in lowered:
+        return None
+    return line.decode()
+
+
 def _to_line(entry: dict) -> str:
     try:
         return orjson.dumps(entry).decode()
@@ -221,6 +243,10 @@ class CloudLoggingFormatter(logging.Formatter):
                 entry["serviceContext"] = self._service_context
         elif record.stack_info:
             stack_trace = record.stack_info
+        if stack_trace is None:
+            line = _short_plain_line(entry)
+            if line is not None:
+                return line
         # A field that is not JSON (a datetime, an exception) becomes its text: the line is kept.
         entry = _bounded(entry)
         if stack_trace is not None:

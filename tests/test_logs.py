@@ -393,3 +393,24 @@ def test_the_start_up_line_never_shows_a_secret(threatscore, make_client, capsys
     [line] = [record for record in log_records(out) if record["message"].startswith("Threatscore relay ")]
     assert "auth secret" in line["message"] and "cache off" in line["message"]
     assert SECRET not in out
+
+
+def test_the_short_path_writes_the_line_the_field_by_field_path_writes():
+    from relay.logs import _bounded, _short_plain_line, _to_line
+
+    entry = {
+        "severity": "INFO",
+        "message": "POST /observe/observables 200: 2 observables (1.2 ms)",
+        "logger": "relay.request",
+        "execution_id": "abcdef123456",
+        "status": 200,
+        "duration_ms": 1.2,
+        "errors": [{"code": "timeout", "count": 1}],
+        "dropped": {"invalid value": 1},
+    }
+    assert _short_plain_line(entry) == _to_line(_bounded(entry))
+    # What the field-by-field path must handle takes it: a token, a long field, a set.
+    assert _short_plain_line({**entry, "path": "/x/Bearer abcdefghijklmnop"}) is None
+    assert _short_plain_line({**entry, "path": "/x/eyJhbGciOi.eyJzdWIiOi.c2ln"}) is None
+    assert _short_plain_line({**entry, "message": "x" * 5000}) is None
+    assert _short_plain_line({**entry, "tags": {"a"}}) is None
