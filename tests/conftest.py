@@ -30,7 +30,28 @@ from simulator import ThreatscoreSimulator
 from tests.relay_process import ROOT, VENV_BIN, RelayProcess, free_port
 
 MAIN = ROOT / "main.py"
-__all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port"]  # imported by the tests
+__all__ = ["MAIN", "ROOT", "VENV_BIN", "free_port", "shared_reference"]  # imported by the tests
+
+
+# --- the shared references beside the clone (../shared/reference) ------------------
+
+# Facts about the outside world (XDR's schemas, Threatscore's recorded answers) are kept beside
+# the project, not in it: a clone with nothing beside it skips the checks that read them.
+SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
+# Set by .ci/run where ../shared is present: a missing reference then fails instead of skipping.
+REQUIRE_SHARED = "RELAY_REQUIRE_SHARED_REFERENCE"
+
+
+def shared_reference(name: str, what: str) -> Path:
+    """`../shared/reference/<name>` (`what` says what it is), or a skip naming what is missing;
+    a failure instead when REQUIRE_SHARED is set (CI, where the references must be present)."""
+    path = SHARED_REFERENCE / name
+    if not path.exists():
+        reason = f"needs {what}: ../shared/reference/{name} is missing ({path})"
+        if os.environ.get(REQUIRE_SHARED):
+            pytest.fail(f"{reason}, and {REQUIRE_SHARED} is set", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -13,17 +13,16 @@ import pytest
 
 from relay.app import ENDPOINTS
 from relay.module_type import JWKS_HOSTS, PLACEHOLDER_URL, main, module_type, render
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_reference
 
-# XDR's module-type schema (IROH-INT API 1.0.107, NewModuleTypeParams), kept beside the repository.
-SCHEMA_PATH = ROOT.parent / "shared" / "reference" / "xdr-module-type.schema.json"
 URL = "https://europe-west1-my-project.cloudfunctions.net/relay"
 
 
 @pytest.fixture(scope="module")
 def xdr_schema() -> jsonschema.Draft4Validator:
-    assert SCHEMA_PATH.is_file(), f"XDR's module-type schema is missing: {SCHEMA_PATH}"
-    schema = json.loads(SCHEMA_PATH.read_text())
+    # XDR's module-type schema (IROH-INT API 1.0.107, NewModuleTypeParams), kept beside the repository.
+    path = shared_reference("xdr-module-type.schema.json", "XDR's module-type schema")
+    schema = json.loads(path.read_text())
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
 
