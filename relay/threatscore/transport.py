@@ -25,12 +25,14 @@ from relay.bounded_fetch import FetchError, fetch
 from relay.config import Settings
 from relay.errors import (
     DeadlineExceededError,
-    NotFoundError,
     RelayError,
     TooManyRequestsError,
     UpstreamConnectionError,
     UpstreamFormatError,
+    UpstreamNotFoundError,
+    UpstreamRedirectError,
     UpstreamRefusedError,
+    UpstreamStatusError,
     UpstreamTimeoutError,
     UpstreamTLSError,
     UpstreamUnavailableError,
@@ -196,7 +198,7 @@ class Transport:
         except FetchError as failure:
             raise self._failure(failure, (connect, read), give_up_at - started, deadline) from None
         if fetched.is_redirect:
-            raise RelayError(
+            raise UpstreamRedirectError(
                 f"Threatscore answered with a redirect (HTTP {fetched.status}), which the relay does not"
                 " follow (is THREATSCORE_API_URL right?)"
             )
@@ -291,7 +293,7 @@ def request_headers(settings: Settings) -> dict[str, str]:
 REFUSAL_ADVICE = (
     "Threatscore serves licensed accounts from allow-listed addresses: have the address the relay"
     " leaves from allow-listed on a licensed account (and set THREATSCORE_API_KEY if Threatscore"
-    ' gave one); see the README, "When Threatscore fails"'
+    ' gave one); see docs/troubleshooting.md'
 )
 
 
@@ -322,12 +324,12 @@ def status_error(status: int, body: bytes) -> RelayError:
     if status in (401, 403):
         return refusal_error(status, body)
     if status == 404:
-        return NotFoundError("Threatscore answered 404 Not Found (is THREATSCORE_API_URL right?)")
+        return UpstreamNotFoundError("Threatscore answered 404 Not Found (is THREATSCORE_API_URL right?)")
     if status == 429:
         return TooManyRequestsError("Threatscore is rate limiting the relay (HTTP 429)")
     if status >= 500:
         return UpstreamUnavailableError(f"Threatscore is unavailable (HTTP {status})")
-    return RelayError(f"Threatscore answered with an unexpected HTTP {status}")
+    return UpstreamStatusError(f"Threatscore answered with an unexpected HTTP {status}")
 
 
 def error_message(body: bytes) -> str:
