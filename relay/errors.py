@@ -61,7 +61,8 @@ class AuthorizationError(RelayError):
     example = "Authorization failed: token expired"
     meaning = "the caller's token is missing or refused: the call did not come from the XDR module"
     action = (
-        "look the reason after `Authorization failed:` up in docs/troubleshooting.md (key hosts,"
+        'look the reason after `Authorization failed:` up in "When authorization fails" of'
+        " docs/troubleshooting.md (key hosts,"
         " `RELAY_AUDIENCE`, clocks, the module's bearer token)"
     )
 

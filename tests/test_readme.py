@@ -1,12 +1,17 @@
-"""The README's commands work as written: `make demo`, then its marked examples, run as a user would.
+"""The docs' commands work as written: `make demo`, then every marked example of README.md and
+docs/*.md, run as a user would; and the docs agree with the code.
 
-A block marked `<!-- readme-example -->` is run with bash from the project's
-folder, its output compared with the `<!-- readme-output -->` block after it
-(`...` stands for anything). `exit=N` says the status it ends with (default
-0); `background` marks a block that starts its own servers (it gets ports of
-its own, and whatever it leaves behind is stopped). The ports of the README
-(8080 the relay, 8081 the simulator) are swapped for free ones. The
-configuration table is checked against `Settings`.
+A block marked `<!-- example -->` is run with bash from the project's
+folder, its output compared with the `<!-- output -->` block after it (`...`
+stands for anything). `exit=N` says the status it ends with (default 0);
+`background` marks a block that starts its own servers (it gets ports of its
+own, and whatever it leaves behind is stopped). The ports of the docs (8080
+the relay, 8081 the simulator) are swapped for free ones. The older markers
+`<!-- readme-example -->` and `<!-- readme-output -->` mean the same. A shell
+block that cannot run here says why in `<!-- not-run: REASON -->`; a shell
+block with neither marker fails. The configuration table is checked against
+`Settings`, the code map against the files in relay/, the links against the
+pages and their sections.
 """
 
 from __future__ import annotations
@@ -29,11 +34,18 @@ from relay.cli import format_setting
 from relay.config import Settings, declared_settings
 from tests.relay_process import ROOT, without_relay_settings
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TEXTS = {path: path.read_text(encoding="utf-8") for path in DOCUMENTS}
+README = TEXTS[ROOT / "README.md"]
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+DEVELOPMENT = ROOT / "docs" / "development.md"
 README_RELAY_PORT, README_SIMULATOR_PORT = 8080, 8081
 
-EXAMPLE = re.compile(r"<!-- readme-example(?P<options>[^>]*)-->\s*```sh\n(?P<script>.*?)```", re.S)
-OUTPUT = re.compile(r"\s*<!-- readme-output -->\s*```text\n(?P<output>.*?)```", re.S)
+EXAMPLE_MARK = re.compile(r"<!-- (?:readme-)?example(?P<options>(?: [^>]*)?)-->")
+EXAMPLE = re.compile(EXAMPLE_MARK.pattern + r"\s*```sh\n(?P<script>.*?)```", re.S)
+OUTPUT = re.compile(r"\s*<!-- (?:readme-)?output -->\s*```text\n(?P<output>.*?)```", re.S)
+NOT_RUN = re.compile(r"<!-- not-run: (?P<reason>\S[^>]*\S) -->")
+SHELL_FENCE = re.compile(r"^[ \t]*```(?:sh|bash|shell|console)[ \t]*$", re.M)
 
 
 @dataclass(frozen=True)
@@ -42,27 +54,32 @@ class Example:
     output: str | None
     exit_status: int
     background: bool
-    line: int
+    where: str
 
     def __str__(self) -> str:
-        return f"README.md:{self.line}"
+        return self.where
 
 
-def readme_examples() -> list[Example]:
+def name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def doc_examples() -> list[Example]:
     examples = []
-    for match in EXAMPLE.finditer(README):
-        options = match.group("options").split()
-        output = OUTPUT.match(README, match.end())
-        status = next((int(option[5:]) for option in options if option.startswith("exit=")), 0)
-        examples.append(
-            Example(
-                script=match.group("script"),
-                output=output.group("output") if output else None,
-                exit_status=status,
-                background="background" in options,
-                line=README.count("\n", 0, match.start()) + 1,
+    for path, text in TEXTS.items():
+        for match in EXAMPLE.finditer(text):
+            options = match.group("options").split()
+            output = OUTPUT.match(text, match.end())
+            status = next((int(option[5:]) for option in options if option.startswith("exit=")), 0)
+            examples.append(
+                Example(
+                    script=match.group("script"),
+                    output=output.group("output") if output else None,
+                    exit_status=status,
+                    background="background" in options,
+                    where=f"{name(path)}:{text.count(chr(10), 0, match.start()) + 1}",
+                )
             )
-        )
     return examples
 
 
@@ -175,14 +192,90 @@ def demo(tmp_path_factory):
         demo.kill()
 
 
-EXAMPLES = readme_examples()
+EXAMPLES = doc_examples()
 
 
-def test_the_readme_has_examples_to_check():
+def test_the_docs_have_examples_to_check():
+    in_readme = [example for example in EXAMPLES if example.where.startswith("README.md:")]
     # The first section shows the demo; the command line section has its own.
-    assert sum(1 for example in EXAMPLES if not example.background) >= 5
+    assert sum(1 for example in in_readme if not example.background) >= 5
     assert any(example.background for example in EXAMPLES)
     assert README.index("make demo") < README.index("## Two commands")
+    assert {example.where.split(":")[0] for example in EXAMPLES} >= {
+        "README.md",
+        "docs/command-line.md",
+        "docs/configuration.md",
+        "docs/security.md",
+    }
+
+
+def test_the_readme_is_a_front_door():
+    assert README.count("\n") <= 260
+    for page in ("configuration", "ctim-mapping", "deploying", "security", "caching-and-scale"):
+        assert f"(docs/{page}.md)" in README
+    for page in ("performance", "troubleshooting", "development", "command-line"):
+        assert f"(docs/{page}.md)" in README
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=name)
+def test_every_shell_block_runs_or_says_why_not(path):
+    text = TEXTS[path]
+    for fence in SHELL_FENCE.finditer(text):
+        before = text[: fence.start()].rstrip()
+        last = before.splitlines()[-1].strip() if before else ""
+        line = text.count("\n", 0, fence.start()) + 1
+        assert EXAMPLE_MARK.fullmatch(last) or NOT_RUN.fullmatch(last), (
+            f"{name(path)}:{line}: a shell block needs <!-- example --> or <!-- not-run: REASON --> before it"
+        )
+    # A marker always leads to a block: one before a text block or a typo would check nothing.
+    marks = [line for line in text.splitlines() if EXAMPLE_MARK.fullmatch(line.strip())]
+    assert len(marks) == len(EXAMPLE.findall(text)), name(path)
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=name)
+def test_the_docs_name_no_issue_numbers(path):
+    assert re.findall(r"\bissues? \d+|\(#\d+\)", TEXTS[path], re.I) == []
+
+
+def _without_code(text: str) -> str:
+    return re.sub(r"^[ \t]*```.*?^[ \t]*```", "", text, flags=re.S | re.M)
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings."""
+    found: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", _without_code(text), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        candidate, n = slug, 0
+        while candidate in found:
+            n += 1
+            candidate = f"{slug}-{n}"
+        found.add(candidate)
+    return found
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=name)
+def test_every_link_reaches_a_page_and_section(path):
+    for target in re.findall(r"\]\(([^)\s]+)\)", _without_code(TEXTS[path])):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        assert linked.exists(), f"{name(path)}: {target}: no such file"
+        if anchor:
+            assert anchor in anchors(linked.read_text(encoding="utf-8")), (
+                f"{name(path)}: {target}: no such section"
+            )
+
+
+def test_the_code_map_names_every_module_of_relay():
+    text = DEVELOPMENT.read_text(encoding="utf-8")
+    section = text[text.index("## The code") :]
+    section = section[: section.index("\n## ", 1)]
+    named = set(re.findall(r"`(relay/[\w/.]+)`", section))
+    files = {f"relay/{path.name}" for path in (ROOT / "relay").glob("*.py")}
+    packages = {f"relay/{path.parent.name}/" for path in (ROOT / "relay").glob("*/__init__.py")}
+    assert files | packages == named, "docs/development.md, The code: name each module of relay/ once"
 
 
 @pytest.mark.process
@@ -263,9 +356,10 @@ def test_ctrl_c_stops_make_demo_and_leaves_nothing_running(demo):
 
 
 def settings_table() -> dict[str, str]:
-    start = README.index("<!-- settings-table -->")
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    start = text.index("<!-- settings-table -->")
     rows = {}
-    for line in README[start:].splitlines()[1:]:
+    for line in text[start:].splitlines()[1:]:
         if not line.startswith("|"):
             if rows:
                 break

@@ -293,7 +293,7 @@ def request_headers(settings: Settings) -> dict[str, str]:
 REFUSAL_ADVICE = (
     "Threatscore serves licensed accounts from allow-listed addresses: have the address the relay"
     " leaves from allow-listed on a licensed account (and set THREATSCORE_API_KEY if Threatscore"
-    ' gave one); see docs/troubleshooting.md'
+    " gave one); see docs/troubleshooting.md"
 )
 
 
