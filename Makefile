@@ -40,7 +40,9 @@ demo: $(VENV)/.runtime ## the relay in front of the Threatscore simulator, examp
 	@$(BIN)/python -m simulator demo --port $(PORT)
 
 # Local development: no token check unless RELAY_AUTH says otherwise (the relay warns).
+# It first says where lookups go (the real Threatscore refuses unlisted addresses: `make demo` shows answers).
 run: $(VENV)/.runtime ## serve the relay on http://127.0.0.1:PORT (PORT=8080 by default; RELAY_AUTH=none unless set)
+	@RELAY_AUTH=$${RELAY_AUTH:-none} $(BIN)/python -c 'import sys; from relay.app import print_where_lookups_go; sys.exit(print_where_lookups_go())'
 	RELAY_AUTH=$${RELAY_AUTH:-none} $(BIN)/functions-framework --target=relay --source=main.py --host=127.0.0.1 --port=$(PORT)
 
 test: lint unit ## every check: ruff, then every test
@@ -68,7 +70,7 @@ loadtest: $(VENV)/.dev redis-server ## the relay under load, in front of the sim
 clean: ## remove .venv, tool caches and the simulator's files (.simulator/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .schemathesis .simulator bench-results
 
-# Google Cloud (see README.md, "Deploying to Google Cloud Functions"): settings from the environment
+# Google Cloud (see docs/deploying.md): settings from the environment
 # and deploy.env (deploy.env.example). DRY_RUN=1 prints the gcloud commands instead of running them.
 deploy: $(VENV)/.dev ## deploy to Google Cloud Functions (DRY_RUN=1 prints the gcloud commands)
 	$(BIN)/python -m deploy deploy

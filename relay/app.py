@@ -11,7 +11,9 @@ import gc
 import json
 import logging
 import re
+import sys
 import uuid
+from urllib.parse import urlsplit
 
 import flask
 import orjson
@@ -21,7 +23,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from relay.auth import Authenticator, build_authenticator
 from relay.bounded_fetch import bounded_session
 from relay.cache import AnswerCache, NoCache, SharedFlight, build_cache, build_shared_flight
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.errors import (
     InternalError,
     InvalidArgumentError,
@@ -115,6 +117,34 @@ def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
         f"Threatscore relay {VERSION}: backend {backend} at {settings.threatscore_api_url}; "
         f"auth {auth}; cache {cache_words}; deadline {settings.relay_deadline:g} s"
     )
+
+
+def where_lookups_go(settings: Settings) -> str:
+    """Where this relay sends its lookups, in words for whoever starts it by hand (`make run`);
+    when that is Threatscore itself, that it answers only allow-listed callers, and what shows
+    answers without access."""
+    url = settings.threatscore_api_url
+    where = f"the relay sends its lookups to {url} (Threatscore's {settings.threatscore_api} API)"
+    host = urlsplit(url).hostname or ""
+    if host != "cyberprotect.cloud" and not host.endswith(".cyberprotect.cloud"):
+        return f"{where}."
+    return (
+        f"{where}: Threatscore itself, which answers only licensed accounts calling from"
+        " allow-listed addresses, so from here a lookup is most likely refused (authorization"
+        " error).\nTo see answers without access: make demo (the relay in front of the Threatscore"
+        " simulator); or point this relay elsewhere with THREATSCORE_API_URL."
+    )
+
+
+def print_where_lookups_go() -> int:
+    """`make run`'s first words (0), or the bad setting that would stop the relay (2)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"make run: {where_lookups_go(settings)}", flush=True)
+    return 0
 
 
 class RelayApp:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.relay_process import ROOT
+from tests.relay_process import ROOT, free_port, without_relay_settings
 
 TARGETS = ("help", "demo", "run", "test", "lint", "unit", "bench", "loadtest", "clean", "deploy", "register")
 
@@ -82,3 +84,47 @@ def test_the_simulator_is_not_uploaded():
     ignored = (ROOT / ".gcloudignore").read_text().split()
     assert "simulator/" in ignored and ".simulator/" in ignored
     assert ".simulator/" in (ROOT / ".gitignore").read_text().split()
+
+
+def _first_words_of_make_run(env: dict[str, str]) -> str:
+    """What `make run` prints before the relay serves; then it is stopped (its whole session)."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run", f"PORT={port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "functions-framework" in line:  # make echoes the command that serves: the hint came before
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    return "".join(lines)
+
+
+@pytest.mark.process
+def test_make_run_says_it_asks_the_real_threatscore_and_that_make_demo_shows_answers():
+    said = _first_words_of_make_run(without_relay_settings(os.environ))
+
+    assert "make run: the relay sends its lookups to https://api.threatscore.cyberprotect.cloud" in said
+    assert "allow-listed" in said
+    assert "make demo" in said
+    assert said.index("make demo") < said.index("functions-framework")
+
+
+@pytest.mark.process
+def test_make_run_names_the_url_it_was_given_and_nothing_more():
+    env = {**without_relay_settings(os.environ), "THREATSCORE_API_URL": "http://127.0.0.1:8081"}
+
+    said = _first_words_of_make_run(env)
+
+    assert "make run: the relay sends its lookups to http://127.0.0.1:8081 (Threatscore's v3 API)." in said
+    assert "make demo" not in said

@@ -169,7 +169,7 @@ def test_refusals_say_what_they_are_and_what_to_do(threatscore, make_v3_client, 
     assert error.code == "authorization error"
     assert error.message.startswith(f"Threatscore refused the relay {quoted}")
     assert "licensed accounts from allow-listed addresses" in error.message
-    assert "README" in error.message
+    assert "docs/troubleshooting.md" in error.message
     assert len(error.message) < 700
     assert threatscore.calls_for(VALUE) == 1 and waits == []  # never retried
 
