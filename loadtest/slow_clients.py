@@ -3,7 +3,7 @@
 `make run` (functions-framework's gunicorn, on its own) is not meant to face
 the internet: on Google Cloud, Google's front end takes the connections and
 hands the function whole requests. This phase measures how little a bare
-local relay takes, so that the README can say so with numbers. Each step
+local relay takes, so that the docs can say so with numbers. Each step
 opens more hostile connections to a real relay process on 127.0.0.1, then
 asks `/version` with a well-behaved client: the relay survives a step when
 that answer comes within `probe_timeout`. The steps of a kind stop at the
