@@ -266,6 +266,7 @@ def recognised_type(text: str) -> str | None:
 
 
 _E_MAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_CVE = re.compile(r"CVE-\d{4}-\d{4,}", re.IGNORECASE)
 
 
 def unrecognised_reason(text: str) -> str:
@@ -277,6 +278,8 @@ def unrecognised_reason(text: str) -> str:
             pass
         else:
             return f"a network range (IPv{network.version} CIDR): Threatscore looks up one address at a time"
+    if _CVE.fullmatch(text):
+        return "a vulnerability id (XDR type cve): Threatscore does not look vulnerabilities up"
     if _E_MAIL.fullmatch(text):
         return "an e-mail address (XDR type email): Threatscore does not look e-mail addresses up"
     if not any(mark in text for mark in " .:/") and any(char.isalpha() for char in text):

@@ -19,7 +19,15 @@ from typing import Any
 from relay import module_type, token
 from relay.cli.progress import Progress
 from relay.cli.reading import UsageError, lines_asked, values_asked
-from relay.cli.table import Row, looked_up_rows, not_looked_up, render_table, style_for, summary
+from relay.cli.table import (
+    NOT_LOOKED_UP,
+    Row,
+    looked_up_rows,
+    not_looked_up,
+    render_table,
+    style_for,
+    summary,
+)
 from relay.config import ConfigError, Settings, declared_settings
 from relay.errors import RelayError
 from relay.handlers import Handlers, RequestContext
@@ -165,7 +173,8 @@ def run_lookup(args: argparse.Namespace) -> int:
     settings = load_settings()
     supported = TYPES_BY_API[settings.threatscore_api]
     rows: list[Row | None] = [None] * len(asked)
-    to_look_up: list[int] = []  # positions in `asked`
+    distinct: dict[tuple[str, str], int] = {}  # (type, value) -> its place in the relay's request
+    wanted: list[tuple[int, int]] = []  # (place in `asked`, place in the request)
     for position, item in enumerate(asked):
         if item.type is None:
             rows[position] = not_looked_up(item.given, None, item.reason)
@@ -173,10 +182,8 @@ def run_lookup(args: argparse.Namespace) -> int:
             reason = f"longer than {settings.max_value_length} characters (RELAY_MAX_VALUE_LENGTH)"
             rows[position] = not_looked_up(item.given, item.type, reason)
         else:
-            to_look_up.append(position)
-    body = json.dumps(
-        [{"type": asked[position].type, "value": asked[position].value} for position in to_look_up]
-    )
+            wanted.append((position, distinct.setdefault((item.type, item.value), len(distinct))))
+    body = json.dumps([{"type": kind, "value": value} for kind, value in distinct])
     dropped: list[tuple[int, str]] = []
     try:
         observables = parse_observables(
@@ -185,33 +192,42 @@ def run_lookup(args: argparse.Namespace) -> int:
     except RelayError as error:  # more values than RELAY_MAX_OBSERVABLES
         raise UsageError(error.message) from None
     drops = dict(dropped)
-    given = []
-    for index, position in enumerate(to_look_up):
-        item = asked[position]
-        if index in drops:
-            rows[position] = not_looked_up(
-                item.given, item.type, _drop_reason(drops[index], item.type, settings)
-            )
-        else:
-            given.append((position, item.given))
+    kept = [index for index in range(len(distinct)) if index not in drops]  # parallel to `observables`
     progress = Progress(len({observable.cache_key for observable in observables}), sys.stderr)
     relay = build_relay(settings, watch=progress.one_done)
     context = RequestContext.start(settings)
     with progress:
         answer = relay.handlers.observe(observables, context)
         references = relay.handlers.refer(observables, context)["data"]
+    for position, index in wanted:
+        if index in drops:
+            item = asked[position]
+            rows[position] = not_looked_up(
+                item.given, item.type, _drop_reason(drops[index], item.type, settings)
+            )
     if args.json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
     else:
+        looked_up = {
+            index: (observable, reference.get("url", ""))
+            for index, observable, reference in zip(kept, observables, references, strict=True)
+        }
+        answered = [(position, index) for position, index in wanted if index in looked_up]
         answers = {key: outcome.answer for key, outcome in relay.outcomes.items()}
-        answered = looked_up_rows([text for _, text in given], observables, answer, references, answers)
-        for (position, _text), row in zip(given, answered, strict=True):
+        for (position, _index), row in zip(
+            answered,
+            looked_up_rows(
+                [(asked[position].given, *looked_up[index]) for position, index in answered], answer, answers
+            ),
+            strict=True,
+        ):
             rows[position] = row
         style = style_for(sys.stdout)
         table = [row for row in rows if row is not None]
         print(render_table(table, style))
         print(summary(table, style))
-    return FAILED if answer.get("errors") or len(observables) < len(asked) else OK
+    left_out = any(row is not None and row.outcome == NOT_LOOKED_UP for row in rows)
+    return FAILED if answer.get("errors") or left_out else OK
 
 
 def _drop_reason(reason: str, observable_type: str, settings: Settings) -> str:

@@ -84,13 +84,6 @@ def lines_asked(values: list[str], files: list[str], stdin: TextIO) -> list[str]
 
 
 def values_asked(lines: list[str]) -> list[Asked]:
-    """Each line typed, in order; the same value asked twice (as typed and refanged) once."""
-    asked: list[Asked] = []
-    seen: set[tuple[str | None, str]] = set()
-    for line in lines:
-        item = typed(line)
-        key = (item.type, item.value)
-        if key not in seen:
-            seen.add(key)
-            asked.append(item)
-    return asked
+    """Each distinct line typed, in order (a line repeated is one row; two spellings of one
+    value, `evil[.]com` and `evil.com`, are two rows of one lookup)."""
+    return [typed(line) for line in dict.fromkeys(lines)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,14 +45,10 @@ def not_looked_up(observable: str, observable_type: str | None, reason: str) -> 
 
 
 def looked_up_rows(
-    given: list[str],
-    observables: list[Observable],
-    answer: dict,
-    references: list[dict],
-    answers: Mapping[str, dict | None],
+    looked_up: list[tuple[str, Observable, str]], answer: dict, answers: Mapping[str, dict | None]
 ) -> list[Row]:
-    """A row for each observable looked up (`given[i]` is how `observables[i]` was written);
-    `answers` holds Threatscore's normalised answers by `Observable.cache_key`."""
+    """A row for each value looked up: (as given, its observable, its Threatscore link), from the
+    relay's CTIM `answer` and Threatscore's normalised `answers` by `Observable.cache_key`."""
     data = answer.get("data", {})
     verdicts = {_key(doc["observable"]): doc for doc in _docs(data, "verdicts")}
     judgements = _docs(data, "judgements")
@@ -60,12 +57,11 @@ def looked_up_rows(
     for relation in _docs(data, "relationships"):
         if relation.get("relationship_type") == "based-on":
             based_on.setdefault(relation.get("source_ref"), []).append(relation.get("target_ref"))
-    errors = _errors_by_value(answer.get("errors", []), [observable.value for observable in observables])
+    errors = _errors_by_value(answer.get("errors", []), [observable.value for _, observable, _ in looked_up])
     rows: list[Row] = []
-    for position, (written, observable) in enumerate(zip(given, observables, strict=True)):
-        row = Row(written, observable.type)
+    for given, observable, link in looked_up:
+        row = Row(given, observable.type, link=link)
         rows.append(row)
-        row.link = references[position].get("url", "") if position < len(references) else ""
         if observable.value in errors:
             row.outcome, row.message = FAILED, errors[observable.value]
             continue
@@ -141,9 +137,6 @@ COLUMNS = (
 )
 # SGR colours of the verdicts (and of their counts in the summary).
 VERDICT_COLOURS = {"malicious": "31", "suspicious": "33", "clean": "32"}
-# To fit a narrow terminal, in this order: categories cut to 20 characters, the link left
-# out (cut, it would be no link), then categories and the observable cut further.
-FITTING = (("categories", 20), ("link", 0), ("categories", 10), ("observable", 20))
 GAP = "  "
 
 
@@ -162,8 +155,11 @@ def render_table(rows: Iterable[Row], style: Style = Style()) -> str:  # noqa: B
         first = GAP.join(_cell(getattr(row, name), widths[name]) for name in ("observable", "type"))
         if row.outcome != ANSWERED:
             words = f"error: {row.message}" if row.outcome == FAILED else f"not looked up: {row.message}"
-            if style.width is not None:
-                words = _cut(words, max(10, style.width - len(first) - len(GAP)))
+            if style.width is not None:  # wrapped, not cut: the reason is the point of the row
+                indent = " " * (len(first) + len(GAP))
+                words = "\n".join(textwrap.wrap(words, max(20, style.width - len(indent)))).replace(
+                    "\n", "\n" + indent
+                )
             lines.append(f"{first}{GAP}{words}")
             continue
         cells = [first]
@@ -177,14 +173,23 @@ def render_table(rows: Iterable[Row], style: Style = Style()) -> str:  # noqa: B
 
 
 def _fit(widths: dict[str, int], width: int) -> None:
-    for name, minimum in FITTING:
+    """Narrows the columns to `width`: the categories cut first (to 20 characters); when that is
+    not enough, the link left out (cut, it would be no link) and the categories and then the
+    observable cut as far as needed (to 10 and 20 characters)."""
+    natural = dict(widths)
+
+    def shrink(name: str, minimum: int) -> None:
         excess = sum(widths.values()) + len(GAP) * (len(widths) - 1) - width
-        if excess <= 0:
-            return
-        if minimum == 0:
-            del widths[name]
-        else:
-            widths[name] = max(minimum, widths[name] - excess)
+        if excess > 0:
+            widths[name] = max(min(minimum, widths[name]), widths[name] - excess)
+
+    shrink("categories", 20)
+    if sum(widths.values()) + len(GAP) * (len(widths) - 1) <= width:
+        return
+    del widths["link"]
+    widths["categories"] = natural["categories"]
+    shrink("categories", 10)
+    shrink("observable", 20)
 
 
 def _cell(text: str, width: int) -> str:

@@ -1,100 +1,23 @@
-"""`python -m relay COMMAND` (relay/cli.py): the function's settings and code, from a shell."""
+"""The commands: lookup (its exit status, what it reads, its table on a terminal and piped),
+health, settings, and `python -m relay` itself."""
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from relay import cli
-from relay.cli import infer_type, main, typed_observable
 from relay.logs import flush_logs
-from relay.observables import Observable
-from simulator import ThreatscoreSimulator
+from tests.cli import run, table_rows
 from tests.relay_process import ROOT, without_relay_settings
 
 OBSERVE = "/observe/observables"
 SECRET = "cli-test-secret-" + "z" * 32
-
-
-@pytest.fixture(autouse=True)
-def _the_processs_logging_is_restored():
-    """The command line sends the log to stderr (root handlers): other tests log as the function does."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def catalogue_server():
-    with ThreatscoreSimulator(catalogue=True) as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def catalogue(catalogue_server, monkeypatch) -> ThreatscoreSimulator:
-    """The simulator with its catalogue, and the command line's settings pointing at it."""
-    catalogue_server.reset()
-    monkeypatch.setenv("THREATSCORE_API_URL", catalogue_server.url)
-    monkeypatch.setenv("THREATSCORE_RETRIES", "0")
-    return catalogue_server
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def table_rows(out: str) -> dict[str, str]:
-    return {line.split()[0]: line for line in out.splitlines()[1:]}
-
-
-# --- which type a value is ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("198.51.100.7", ("ip", "198.51.100.7")),
-        ("2001:db8::1", ("ipv6", "2001:db8::1")),
-        ("::ffff:192.0.2.1", ("ipv6", "::ffff:192.0.2.1")),
-        ("example.com", ("domain", "example.com")),
-        ("bücher.example", ("domain", "bücher.example")),
-        ("http://phish.example/login", ("url", "http://phish.example/login")),
-        ("HTTPS://x.example", ("url", "HTTPS://x.example")),
-        ("44d88612fea8a8f36de82e1278abb02f", ("md5", "44d88612fea8a8f36de82e1278abb02f")),
-        ("a" * 40, ("sha1", "a" * 40)),
-        ("A" * 64, ("sha256", "A" * 64)),
-        ("user_agent:sqlmap/1.7", ("user_agent", "sqlmap/1.7")),
-        ("USER_AGENT:Mozilla/5.0 (X11)", ("user_agent", "Mozilla/5.0 (X11)")),
-        ("domain:localhost", ("domain", "localhost")),
-        ("ip:192.0.2.1", ("ip", "192.0.2.1")),
-        ("email:someone@example.com", ("email", "someone@example.com")),
-    ],
-)
-def test_the_type_is_read_from_the_form_or_said(text, expected):
-    assert typed_observable(text) == expected
-
-
-@pytest.mark.parametrize("text", ["foo bar", "localhost", "sqlmap/1.7", "12345", "1.2.3", "nottype:x y"])
-def test_a_value_of_no_clear_type_must_say_it(text):
-    with pytest.raises(cli.UsageError, match="TYPE:VALUE"):
-        typed_observable(text)
-
-
-def test_only_xdr_type_names_count_as_a_prefix():
-    assert infer_type("http://x.example") == "url"
-    assert typed_observable("http://x.example") == ("url", "http://x.example")  # "http" is no type
-    assert typed_observable("2001:db8::bad") == ("ipv6", "2001:db8::bad")  # "2001" is no type
 
 
 # --- lookup ------------------------------------------------------------------------------
@@ -125,6 +48,25 @@ def test_lookup_prints_a_table_of_the_catalogue_values(catalogue, capsys):
     assert rows["198.51.100.7"].endswith(
         "https://console.threatscore.cyberprotect.cloud/search?query=198.51.100.7"
     )
+    assert out.splitlines()[-1] == (
+        "4 values: 1 malicious, 1 suspicious, 1 clean, 1 no data, 0 failed, 0 not looked up"
+    )
+    assert "\033[" not in out  # piped: no colour
+
+
+@pytest.mark.parametrize("api", ["v3", "score"])
+def test_the_score_reads_the_same_with_both_backends(catalogue, capsys, monkeypatch, api):
+    monkeypatch.setenv("THREATSCORE_API", api)
+    status, out, err = run(capsys, "lookup", "198.51.100.7", "203.0.113.5", "example.com")
+
+    assert status == 0, err
+    rows = table_rows(out)
+    # The same number in the same format, from the answer (not from a judgement's words).
+    assert [rows[value].split()[2:5] for value in rows] == [
+        ["Malicious", "92.0", "%"],
+        ["Suspicious", "44.0", "%"],
+        ["Clean", "5.0", "%"],
+    ]
 
 
 def test_lookup_exits_1_and_shows_the_error_when_one_fails(catalogue, capsys):
@@ -142,13 +84,45 @@ def test_lookup_lists_what_the_relay_leaves_out_and_exits_1(catalogue, capsys):
 
     assert status == 1
     rows = table_rows(out)
-    assert "not looked up: this relay does not support the type" in rows["someone@example.com"]
-    assert "not looked up: not a valid value" in rows["999.1.1.1"]
+    assert rows["email:someone@example.com"].split(None, 2)[2] == (
+        "not looked up: the relay does not look up email "
+        "(it looks up ip, ipv6, domain, url, md5, sha1, sha256, user_agent)"
+    )
+    assert rows["ip:999.1.1.1"].split(None, 2)[2] == "not looked up: not a valid value for the type ip"
     assert "Clean" in rows["example.com"]
+    assert out.splitlines()[-1].endswith("0 failed, 2 not looked up")
+
+
+def test_a_type_the_configured_backend_does_not_look_up_says_which_does(catalogue, capsys, monkeypatch):
+    monkeypatch.setenv("THREATSCORE_API", "score")
+    status, out, _ = run(capsys, "lookup", "http://phish.example/login", "198.51.100.7")
+
+    assert status == 1
+    assert table_rows(out)["http://phish.example/login"].split(None, 2)[2] == (
+        "not looked up: the score API (THREATSCORE_API=score) does not look up url; v3 does"
+    )
+    assert catalogue.calls_for("http://phish.example/login") == 0
+
+
+def test_a_value_that_cannot_be_typed_costs_its_row_only(catalogue, capsys, monkeypatch):
+    monkeypatch.setenv("RELAY_MAX_VALUE_LENGTH", "30")
+    long_url = "http://phish.example/" + "a" * 30
+    status, out, err = run(capsys, "lookup", "foo bar", "198.51.100.7", long_url)
+
+    assert status == 1 and err == ""
+    rows = table_rows(out)
+    assert (
+        rows["foo"].split(None, 3)[3]
+        == "not looked up: cannot tell its type: say it as TYPE:VALUE (e.g. user_agent:...)"
+    )
+    assert rows[long_url].split(None, 2)[2] == (
+        "not looked up: longer than 30 characters (RELAY_MAX_VALUE_LENGTH)"
+    )
+    assert "Malicious" in rows["198.51.100.7"]
 
 
 @pytest.mark.parametrize(
-    "argv", [["lookup"], ["lookup", "foo bar"], ["lookup", "--file", "/nonexistent/file"]]
+    "argv", [["lookup"], ["lookup", "--file", "/nonexistent/file"], ["lookup", "--file", "/"]]
 )
 def test_bad_usage_exits_2(catalogue, capsys, argv):
     status, out, err = run(capsys, *argv)
@@ -169,11 +143,12 @@ def test_lookup_reads_a_file_and_standard_input(catalogue, capsys, monkeypatch, 
     status, out, _ = run(capsys, "lookup", "--file", str(listed), "-")
 
     assert status == 0
-    assert [line.split()[0] for line in out.splitlines()[1:]] == [
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == [
         "203.0.113.5",
         "198.51.100.7",
         "example.com",
     ]
+    assert out.splitlines()[-1].startswith("3 values: ")
 
 
 def test_lookup_json_is_the_body_observe_gives(catalogue, capsys, make_client):
@@ -215,43 +190,6 @@ def test_lookup_uses_the_same_code_path_and_settings(catalogue, capsys, monkeypa
     assert answer["data"]["judgements"]["docs"][0]["source_uri"].startswith("https://ui.example/search?")
     assert catalogue.calls_for("203.0.113.5") == 1
     assert catalogue.requests_seen[0].headers["User-Agent"].startswith("threatscore-xdr-relay/")
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_a_slow_batch_shows_its_progress_on_a_terminal(monkeypatch):
-    monkeypatch.setattr(cli, "PROGRESS_AFTER", 0.0)
-    terminal = Terminal()
-    progress = cli._Progress(4, terminal)
-
-    with progress:
-        deadline = time.monotonic() + 30
-        while "0/4" not in terminal.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for _ in range(4):
-            progress.one_done()
-        while "4/4" not in terminal.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    shown = terminal.getvalue()
-    assert "looking up [" in shown and "0/4" in shown and "4/4" in shown
-    assert shown.endswith("\r\033[K")  # the line is cleared at the end
-
-
-def test_no_progress_line_when_not_a_terminal_or_quick(monkeypatch):
-    monkeypatch.setattr(cli, "PROGRESS_AFTER", 0.0)
-    pipe = io.StringIO()
-    with cli._Progress(4, pipe):
-        pass
-    assert pipe.getvalue() == ""
-    monkeypatch.setattr(cli, "PROGRESS_AFTER", 60.0)
-    terminal = Terminal()
-    with cli._Progress(4, terminal):
-        pass  # over before the moment
-    assert terminal.getvalue() == ""
 
 
 # --- health, settings, token -------------------------------------------------------------
@@ -338,70 +276,3 @@ def test_python_m_relay_runs_and_the_old_token_entry_point_says_where_it_went(ca
     assert looked_up.stderr == ""  # no log noise on a good lookup
     assert moved.returncode == 1 and "python -m relay token" in moved.stderr
     assert usage.returncode == 2 and "lookup" in usage.stderr
-
-
-def test_the_table_reads_categories_and_scores_from_indicators_and_relationships():
-    # The shape the v3 mapping gives (issue 8): the aggregate judgement based-on each indicator.
-    observable = {"type": "url", "value": "http://phish.example/login"}
-    answer = {
-        "data": {
-            "verdicts": {
-                "count": 1,
-                "docs": [
-                    {"observable": observable, "disposition_name": "Malicious", "judgement_id": "j-aggregate"}
-                ],
-            },
-            "judgements": {
-                "count": 2,
-                "docs": [
-                    {
-                        "id": "j-aggregate",
-                        "observable": observable,
-                        "reason": "Threatscore score 85.0 % (malicious)",
-                    },
-                    {"id": "j-row", "observable": observable, "reason": "Analysis 1f2e: score 0.85"},
-                ],
-            },
-            "indicators": {
-                "count": 2,
-                "docs": [
-                    {
-                        "id": "i-phishing",
-                        "title": "Threatscore category: phishing",
-                        "tags": ["phishing", "category"],
-                    },
-                    {
-                        "id": "i-compromise",
-                        "title": "Threatscore indicator: compromise",
-                        "tags": ["compromise", "indicator"],
-                    },
-                ],
-            },
-            "relationships": {
-                "count": 3,
-                "docs": [
-                    {
-                        "relationship_type": "based-on",
-                        "source_ref": "j-aggregate",
-                        "target_ref": "i-phishing",
-                    },
-                    {
-                        "relationship_type": "based-on",
-                        "source_ref": "j-aggregate",
-                        "target_ref": "i-compromise",
-                    },
-                    {"relationship_type": "sighting-of", "source_ref": "s-1", "target_ref": "i-phishing"},
-                ],
-            },
-        }
-    }
-    looked_up = [Observable("url", observable["value"], observable["value"])]
-    [row] = cli._rows([("url", observable["value"])], [], looked_up, answer, [{"url": "https://ui/x"}])
-
-    assert (row.verdict, row.score, row.categories, row.judgements) == (
-        "Malicious",
-        "85.0 %",
-        "phishing, flag: compromise",
-        "2",
-    )
-    assert row.link == "https://ui/x" and row.error == ""
