@@ -284,6 +284,7 @@ def unrecognised_reason(text: str) -> str:
         return "an e-mail address (XDR type email): Threatscore does not look e-mail addresses up"
     if not any(mark in text for mark in " .:/") and any(char.isalpha() for char in text):
         return (
-            "cannot tell its type (a host name without its domain?): say it as TYPE:VALUE (e.g. domain:...)"
+            "cannot tell its type (a host name without its domain?):"
+            " give its full name, or say it as TYPE:VALUE"
         )
     return "cannot tell its type: say it as TYPE:VALUE (e.g. user_agent:...)"

@@ -3,11 +3,16 @@ health, settings, and `python -m relay` itself."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -276,3 +281,143 @@ def test_python_m_relay_runs_and_the_old_token_entry_point_says_where_it_went(ca
     assert looked_up.stderr == ""  # no log noise on a good lookup
     assert moved.returncode == 1 and "python -m relay token" in moved.stderr
     assert usage.returncode == 2 and "lookup" in usage.stderr
+
+
+# --- an analyst's file, as pasted from tickets and mails --------------------------------------
+
+# 43 lines: (the line, what its row must say). Typeable values are all answered (a verdict, or
+# no data); the others say why they were not looked up.
+ANALYST_FILE = (
+    ("198.51.100.7", "Malicious"),
+    ("203.0.113.5", "Suspicious"),
+    ("example.com", "Clean"),
+    ("http://phish.example/login", "Malicious"),
+    ("44d88612fea8a8f36de82e1278abb02f", "Malicious"),
+    ("user_agent:sqlmap/1.7", "Malicious"),
+    ("192.0.2.1", "no data"),
+    ("192.0.2.2", "no data"),
+    ("192.0.2.3", "no data"),
+    ("192.0.2.4", "no data"),
+    ("2001:db8::bad", "Suspicious"),
+    ("192.0.2.20", "Suspicious"),
+    ("192.0.2.21", "Malicious"),
+    ("legacy.example", "Malicious"),
+    ("negative.example", "Clean"),
+    ("hxxp://evil[.]com", "no data"),
+    ("hxxp://phish[.]example/login", "Malicious"),
+    ("198.51.100[.]7", "Malicious"),
+    ("phish(.)example", "no data"),
+    ("evil{.}example[dot]com", "no data"),
+    ("hXXps://phish[.]example/login", "no data"),
+    ("8.8.8.8", "no data"),
+    ("2001:db8::1", "no data"),
+    ("da39a3ee5e6b4b0d3255bfef95601890afd80709", "no data"),
+    ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "no data"),
+    ("bücher.example", "no data"),
+    ("EXAMPLE.com", "Clean"),
+    ("http://example.com/path?q=1", "no data"),
+    ("user_agent:Mozilla/5.0 (X11; Linux x86_64)", "no data"),
+    ("domain:fileserver01", "no data"),
+    ("::ffff:192.0.2.1", "no data"),
+    ("10.0.0.0/8", "not looked up: a network range (IPv4 CIDR)"),
+    ("192.168.10.0/24", "not looked up: a network range (IPv4 CIDR)"),
+    ("someone@example.com", "not looked up: an e-mail address (XDR type email)"),
+    ("phisher[@]evil[.]com", "not looked up: an e-mail address (XDR type email)"),
+    ("WKSTN-042", "not looked up: cannot tell its type (a host name without its domain?)"),
+    ("CVE-2021-44228", "not looked up: a vulnerability id (XDR type cve)"),
+    ("C:\\Windows\\Temp\\evil.exe", "not looked up: cannot tell its type: say it as TYPE:VALUE"),
+    ("1.2.3", "not looked up: cannot tell its type: say it as TYPE:VALUE"),
+    ("ftp://files.example/x", "not looked up: cannot tell its type: say it as TYPE:VALUE"),
+    ("email:boss@example.com", "not looked up: the relay does not look up email"),
+    ("ip:999.1.1.1", "not looked up: not a valid value for the type ip"),
+    ("http://exa mple.com/", "not looked up: not a valid value for the type url"),
+)
+
+
+def test_an_analysts_file_answers_every_typeable_value_and_says_why_for_the_others(
+    catalogue, capsys, tmp_path
+):
+    assert len(ANALYST_FILE) == 43
+    pasted = tmp_path / "ticket.txt"
+    pasted.write_text("".join(f"{line}\n" for line, _ in ANALYST_FILE), encoding="utf-8")
+
+    status, out, err = run(capsys, "lookup", "--file", str(pasted))
+
+    assert status == 1 and err == ""  # some were not looked up
+    lines = out.splitlines()
+    assert len(lines) == 1 + 43 + 1  # the header, a row for each line, the summary
+    for (given, expected), row in zip(ANALYST_FILE, lines[1:-1], strict=True):
+        assert row.startswith(given + " "), row  # the value as given
+        said = row[len(given) :].split(None, 1)[1]
+        assert said.startswith(expected), (given, row)
+        assert not said.startswith("error:"), row
+    assert lines[-1] == (
+        "43 values: 8 malicious, 3 suspicious, 3 clean, 17 no data, 0 failed, 12 not looked up"
+    )
+    # The refanged value is what Threatscore was asked, once for all its spellings.
+    assert catalogue.calls_for("http://evil.com") == 1
+    assert catalogue.calls_for("http://phish.example/login") == 1
+    assert catalogue.calls_for("hxxp://evil[.]com") == 0
+
+
+# --- on a terminal -------------------------------------------------------------------------
+
+
+def lookup_on_a_terminal(catalogue, columns: int, **env: str) -> str:
+    """`python -m relay lookup` with its standard output on a pseudo-terminal `columns` wide."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "lookup", "198.51.100.7", "203.0.113.5", "example.com", "10.0.0.0/8"],
+        cwd=ROOT,
+        env={**without_relay_settings(os.environ), "THREATSCORE_API_URL": catalogue.url, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=60) == 1
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_on_a_terminal_verdicts_are_in_colour_and_rows_fit_its_width(catalogue):
+    shown = lookup_on_a_terminal(catalogue, 100)
+
+    assert "\033[31mMalicious" in shown and "\033[33mSuspicious" in shown and "\033[32mClean" in shown
+    plain = re.sub(r"\033\[[0-9;]*m", "", shown)
+    assert max(len(line) for line in plain.splitlines()) <= 100
+    assert "Malicious" in plain and "not looked up: a network range" in plain
+    assert plain.splitlines()[-1].startswith("4 values: 1 malicious, 1 suspicious, 1 clean")
+
+
+def test_no_colour_on_a_terminal_with_no_color_set(catalogue):
+    shown = lookup_on_a_terminal(catalogue, 100, NO_COLOR="1")
+    assert "\033[" not in shown and "Malicious" in shown
+
+
+def test_the_function_does_not_load_the_command_line():
+    # The command line (its table, colours, terminal) stays out of the function's cold start.
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, main; print(sorted(m for m in sys.modules if m.startswith('relay.cli')))",
+        ],
+        cwd=ROOT,
+        env=without_relay_settings(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert loaded.stdout.splitlines()[-1] == "[]"
