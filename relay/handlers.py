@@ -23,7 +23,14 @@ from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, R
 from relay.logs import RequestStats
 from relay.lookup import Lookup, Outcome
 from relay.mapping import MappingOptions, map_answer, search_url
-from relay.observables import OBSERVABLE_TYPES, TYPES, TYPES_BY_API, Observable, canonical_value
+from relay.observables import (
+    OBSERVABLE_TYPES,
+    TYPES,
+    TYPES_BY_API,
+    Observable,
+    canonical_value,
+    recognised_type,
+)
 from relay.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -239,6 +246,9 @@ def _size(docs: dict) -> int:
 def health_probe(value: str, supported_types: frozenset[str]) -> Observable:
     """`HEALTH_OBSERVABLE` as an observable of the type it is among `supported_types` (the
     configured backend's), so that its cache entry is the one a lookup of it would use."""
+    recognised = recognised_type(value.strip())  # its form says (as on the command line)
+    if recognised in supported_types and canonical_value(recognised, value) is not None:
+        return Observable(recognised, value, canonical_value(recognised, value))
     for observable_type in OBSERVABLE_TYPES:
         if observable_type.name not in supported_types or observable_type.recognises is None:
             continue  # any printable text is a user agent: only a type with a form of its own
