@@ -18,9 +18,8 @@ from typing import Any
 
 from relay import module_type, token
 from relay.cli.progress import Progress
-from relay.cli.reading import UsageError, lines_asked, values_asked
+from relay.cli.reading import Asked, UsageError, lines_asked, values_asked
 from relay.cli.table import (
-    NOT_LOOKED_UP,
     Row,
     looked_up_rows,
     not_looked_up,
@@ -171,63 +170,85 @@ def run_lookup(args: argparse.Namespace) -> int:
     if not asked:
         raise UsageError("no observable given (VALUE..., --file F, or - for standard input)")
     settings = load_settings()
-    supported = TYPES_BY_API[settings.threatscore_api]
-    rows: list[Row | None] = [None] * len(asked)
-    distinct: dict[tuple[str, str], int] = {}  # (type, value) -> its place in the relay's request
-    wanted: list[tuple[int, int]] = []  # (place in `asked`, place in the request)
+    batch = _Batch(asked)
     for position, item in enumerate(asked):
         if item.type is None:
-            rows[position] = not_looked_up(item.given, None, item.reason)
+            batch.rows[position] = not_looked_up(item.given, None, item.reason)
         elif len(item.value) > settings.max_value_length:
             reason = f"longer than {settings.max_value_length} characters (RELAY_MAX_VALUE_LENGTH)"
-            rows[position] = not_looked_up(item.given, item.type, reason)
+            batch.rows[position] = not_looked_up(item.given, item.type, reason)
         else:
-            wanted.append((position, distinct.setdefault((item.type, item.value), len(distinct))))
-    body = json.dumps([{"type": kind, "value": value} for kind, value in distinct])
+            batch.ask(position)
+    # The relay's own parsing, as for a request: it leaves out the types the backend does not
+    # look up and the values not valid for their type.
     dropped: list[tuple[int, str]] = []
     try:
         observables = parse_observables(
-            body.encode(), settings.max_observables, settings.max_value_length, supported, dropped
+            batch.request_body(),
+            settings.max_observables,
+            settings.max_value_length,
+            TYPES_BY_API[settings.threatscore_api],
+            dropped,
         )
     except RelayError as error:  # more values than RELAY_MAX_OBSERVABLES
         raise UsageError(error.message) from None
     drops = dict(dropped)
-    kept = [index for index in range(len(distinct)) if index not in drops]  # parallel to `observables`
+    for position, index in batch.wanted:
+        if index in drops:
+            item = asked[position]
+            reason = _drop_reason(drops[index], item.type or "", settings)
+            batch.rows[position] = not_looked_up(item.given, item.type, reason)
+
     progress = Progress(len({observable.cache_key for observable in observables}), sys.stderr)
     relay = build_relay(settings, watch=progress.one_done)
     context = RequestContext.start(settings)
     with progress:
         answer = relay.handlers.observe(observables, context)
         references = relay.handlers.refer(observables, context)["data"]
-    for position, index in wanted:
-        if index in drops:
-            item = asked[position]
-            rows[position] = not_looked_up(
-                item.given, item.type, _drop_reason(drops[index], item.type, settings)
-            )
+
+    left_out = [row for row in batch.rows if row is not None]
     if args.json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
+        for row in left_out:  # not in the body: said on standard error
+            print(f"not looked up: {row.observable}: {row.message}", file=sys.stderr)
     else:
+        kept = [index for index in range(len(batch.request)) if index not in drops]  # as `observables`
         looked_up = {
             index: (observable, reference.get("url", ""))
             for index, observable, reference in zip(kept, observables, references, strict=True)
         }
-        answered = [(position, index) for position, index in wanted if index in looked_up]
-        answers = {key: outcome.answer for key, outcome in relay.outcomes.items()}
-        for (position, _index), row in zip(
-            answered,
-            looked_up_rows(
-                [(asked[position].given, *looked_up[index]) for position, index in answered], answer, answers
-            ),
-            strict=True,
-        ):
-            rows[position] = row
+        answered = [(position, index) for position, index in batch.wanted if index in looked_up]
+        rows = looked_up_rows(
+            [(asked[position].given, *looked_up[index]) for position, index in answered],
+            answer,
+            {key: outcome.answer for key, outcome in relay.outcomes.items()},
+        )
+        for (position, _index), row in zip(answered, rows, strict=True):
+            batch.rows[position] = row
+        table = [row for row in batch.rows if row is not None]
         style = style_for(sys.stdout)
-        table = [row for row in rows if row is not None]
         print(render_table(table, style))
         print(summary(table, style))
-    left_out = any(row is not None and row.outcome == NOT_LOOKED_UP for row in rows)
     return FAILED if answer.get("errors") or left_out else OK
+
+
+class _Batch:
+    """The values asked, their rows as they are known, and the relay's request for the rest:
+    each distinct (type, value) once, however many spellings of it were asked."""
+
+    def __init__(self, asked: list[Asked]):
+        self.asked = asked
+        self.rows: list[Row | None] = [None] * len(asked)
+        self.request: dict[tuple[str, str], int] = {}  # (type, value) -> its place in the request
+        self.wanted: list[tuple[int, int]] = []  # (place in `asked`, place in the request)
+
+    def ask(self, position: int) -> None:
+        item = self.asked[position]
+        key = (item.type or "", item.value)
+        self.wanted.append((position, self.request.setdefault(key, len(self.request))))
+
+    def request_body(self) -> bytes:
+        return json.dumps([{"type": kind, "value": value} for kind, value in self.request]).encode()
 
 
 def _drop_reason(reason: str, observable_type: str, settings: Settings) -> str:

@@ -175,6 +175,21 @@ def test_lookup_json_is_the_body_observe_gives(catalogue, capsys, make_client):
     assert without_lookup_times(json.loads(out)) == without_lookup_times(http_answer)
 
 
+def test_lookup_json_says_on_stderr_what_it_did_not_look_up(catalogue, capsys):
+    status, out, err = run(capsys, "lookup", "--json", "hxxp://phish[.]example/login", "10.0.0.0/8")
+
+    assert status == 1
+    answer = json.loads(out)  # the body alone on standard output
+    assert answer["data"]["verdicts"]["docs"][0]["observable"] == {
+        "type": "url",
+        "value": "http://phish.example/login",  # the relay was asked about the refanged value
+    }
+    assert (
+        err
+        == "not looked up: 10.0.0.0/8: a network range (IPv4 CIDR): Threatscore looks up one address at a time\n"
+    )
+
+
 def without_lookup_times(answer: dict) -> dict:
     """The answer less the validity ends, which count from the moment of each lookup."""
     for kind in answer.get("data", {}).values():
