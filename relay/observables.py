@@ -22,10 +22,12 @@ from urllib.parse import urlsplit
 
 import idna
 
+from relay.config import THREATSCORE_APIS
+
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 # The Threatscore APIs (THREATSCORE_API), each a backend of its own.
-BACKENDS = ("v3", "score")
+BACKENDS = THREATSCORE_APIS
 EVERY_BACKEND = frozenset(BACKENDS)
 
 
