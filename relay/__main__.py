@@ -1,4 +1,4 @@
-"""`python -m relay COMMAND`: see relay/cli.py."""
+"""`python -m relay COMMAND`: see relay/cli/."""
 
 import sys
 

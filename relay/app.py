@@ -38,7 +38,7 @@ from relay.lookup import Lookup
 from relay.ratelimit import build_pacing
 from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
-from relay.threatscore import ScoreSource, build_source
+from relay.threatscore import AnswerSource, build_source
 from relay.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def make_session(settings: Settings) -> requests.Session:
 
 def build_handlers(
     settings: Settings,
-    source: ScoreSource,
+    source: AnswerSource,
     cache: AnswerCache | None = None,
     shared_flight: SharedFlight | None = None,
 ) -> Handlers:
@@ -151,7 +151,7 @@ class RelayApp:
     def __init__(
         self,
         settings: Settings,
-        source: ScoreSource,
+        source: AnswerSource,
         authenticator: Authenticator,
         cache: AnswerCache | None = None,
         shared_flight: SharedFlight | None = None,

@@ -23,7 +23,14 @@ from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, R
 from relay.logs import RequestStats
 from relay.lookup import Lookup, Outcome
 from relay.mapping import MappingOptions, map_answer, search_url
-from relay.observables import TYPE_NAMES, TYPES_BY_API, Observable, canonical_value
+from relay.observables import (
+    OBSERVABLE_TYPES,
+    TYPES,
+    TYPES_BY_API,
+    Observable,
+    canonical_value,
+    recognised_type,
+)
 from relay.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -149,7 +156,7 @@ class Handlers:
         return {"data": data}
 
     def _reference(self, observable: Observable) -> dict:
-        type_name = TYPE_NAMES[observable.type]
+        type_name = TYPES[observable.type].title
         return {
             "id": f"ref-{REFER_MODULE}-search-{observable.type}-{quote(observable.value, safe='')}",
             "title": f"Search for this {type_name}",
@@ -236,13 +243,16 @@ def _size(docs: dict) -> int:
         return len(json.dumps(docs, separators=(",", ":")))
 
 
-def health_probe(value: str, supported_types=TYPES_BY_API["score"]) -> Observable:
-    """`HEALTH_OBSERVABLE` as an observable of the type it is, so that its cache entry is the
-    one a lookup of it would use."""
-    for observable_type in TYPE_NAMES:
-        if observable_type not in supported_types or observable_type == "user_agent":
-            continue  # any printable text is a user agent: only what nothing else is
-        lookup_value = canonical_value(observable_type, value)
+def health_probe(value: str, supported_types: frozenset[str]) -> Observable:
+    """`HEALTH_OBSERVABLE` as an observable of the type it is among `supported_types` (the
+    configured backend's), so that its cache entry is the one a lookup of it would use."""
+    recognised = recognised_type(value.strip())  # its form says (as on the command line)
+    if recognised in supported_types and canonical_value(recognised, value) is not None:
+        return Observable(recognised, value, canonical_value(recognised, value))
+    for observable_type in OBSERVABLE_TYPES:
+        if observable_type.name not in supported_types or observable_type.recognises is None:
+            continue  # any printable text is a user agent: only a type with a form of its own
+        lookup_value = canonical_value(observable_type.name, value)
         if lookup_value is not None:
-            return Observable(observable_type, value, lookup_value)
+            return Observable(observable_type.name, value, lookup_value)
     return Observable("ip", value, value)  # not a valid observable: asked as configured

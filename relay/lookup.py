@@ -25,7 +25,7 @@ from relay.cache import AnswerCache, CacheHit, FlightWaitTimeoutError, SharedFli
 from relay.errors import DeadlineExceededError, InternalError, RelayError
 from relay.logs import RequestStats
 from relay.observables import Observable
-from relay.threatscore import MIN_ATTEMPT_SECONDS, ScoreSource
+from relay.threatscore import MIN_ATTEMPT_SECONDS, AnswerSource
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ NOT_IN_TIME = "Threatscore did not answer before the relay's deadline"
 class Lookup:
     def __init__(
         self,
-        source: ScoreSource,
+        source: AnswerSource,
         cache: AnswerCache,
         max_concurrency: int,
         shared_flight: SharedFlight | None = None,
@@ -186,9 +186,9 @@ class Lookup:
             return Outcome(error=DeadlineExceededError(NOT_IN_TIME))
 
 
-def _fetched(source: ScoreSource, observable: Observable, deadline: float, fetched_at: float) -> Outcome:
+def _fetched(source: AnswerSource, observable: Observable, deadline: float, fetched_at: float) -> Outcome:
     try:
-        answer = source.score(observable.lookup_value, deadline)
+        answer = source.fetch(observable.lookup_value, deadline)
     except RelayError as error:
         return Outcome(error=error)
     except Exception:  # a bug must cost one observable, never the whole answer

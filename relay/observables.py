@@ -1,4 +1,11 @@
-"""Observables: which types the relay supports and how each value is validated.
+"""Observable types: the one registry of the types the relay knows, and how each value is checked.
+
+Each entry of `OBSERVABLE_TYPES` says, for one XDR observable type, how analysts
+call it, how a value is checked and put in canonical form, how a bare value of
+that type is recognised (the command line), and which Threatscore APIs
+(THREATSCORE_API) look it up. The request parsing (`relay.schemas`), the
+handlers (titles, the health probe), the command line, the OpenAPI description
+and the docs' type table all follow it (the tests check the last two).
 
 Pure functions. An observable keeps the caller's value untouched (it is echoed
 back in every entity) next to the canonical form that is looked up and cached,
@@ -9,32 +16,30 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import idna
 
-# XDR type -> how the type is named in titles shown to analysts.
-TYPE_NAMES = {
-    "ip": "IP",
-    "ipv6": "IPv6",
-    "domain": "domain",
-    "url": "URL",
-    "md5": "MD5",
-    "sha1": "SHA-1",
-    "sha256": "SHA-256",
-    "user_agent": "user agent",
-}
-# The types each Threatscore API (THREATSCORE_API) looks up; others are dropped silently.
-TYPES_BY_API = {
-    "v3": frozenset(TYPE_NAMES),
-    "score": frozenset({"ip", "ipv6", "domain"}),
-}
-# The score API's, as before there was a choice (the default of `parse_observables`).
-SUPPORTED_TYPES = {name: TYPE_NAMES[name] for name in ("ip", "ipv6", "domain")}
+from relay.config import THREATSCORE_APIS
 
-HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}
 _HEX = re.compile(r"[0-9a-fA-F]+")
+
+# The Threatscore APIs (THREATSCORE_API), each a backend of its own.
+BACKENDS = THREATSCORE_APIS
+EVERY_BACKEND = frozenset(BACKENDS)
+
+
+@dataclass(frozen=True)
+class ObservableType:
+    name: str  # XDR's type name, lower case
+    title: str  # how titles shown to analysts name it ("Search for this SHA-256")
+    canonical: Callable[[str], str | None]  # the stripped, printable value -> its lookup form, or None
+    backends: frozenset[str]  # the Threatscore APIs that look it up
+    # Whether a bare value has this type's form (the command line types values by it); None: a
+    # value of this type must be said as TYPE:VALUE (any text could be a user agent).
+    recognises: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,26 +60,16 @@ class Observable:
 
 
 def canonical_value(observable_type: str, value: str) -> str | None:
-    """The canonical lookup form of `value`, or None when it is not valid for the type.
+    """The canonical lookup form of `value`, or None when it is not valid for the type
+    (or the type is not one of the registry's).
 
     (Its length was checked against RELAY_MAX_VALUE_LENGTH before.)
     """
+    known = TYPES.get(observable_type)
     text = value.strip()
-    if not text or not text.isprintable():
+    if known is None or not text or not text.isprintable():
         return None
-    if observable_type == "ip":
-        return _ipv4(text)
-    if observable_type == "ipv6":
-        return _ipv6(text)
-    if observable_type == "domain":
-        return _domain(text)
-    if observable_type in HASH_LENGTHS:
-        return _hash(text, HASH_LENGTHS[observable_type])
-    if observable_type == "url":
-        return _url(text)
-    if observable_type == "user_agent":
-        return text  # printable text: Threatscore gets it as sent (less surrounding blanks)
-    return None
+    return known.canonical(text)
 
 
 def _hash(text: str, length: int) -> str | None:
@@ -151,3 +146,147 @@ def _domain(text: str) -> str | None:
     if any(not label for label in labels) or labels[-1].isdigit():
         return None
     return ascii_name.lower()
+
+
+def _md5(text: str) -> str | None:
+    return _hash(text, 32)
+
+
+def _sha1(text: str) -> str | None:
+    return _hash(text, 40)
+
+
+def _sha256(text: str) -> str | None:
+    return _hash(text, 64)
+
+
+def _printable_text(text: str) -> str | None:
+    return text  # printable text: Threatscore gets it as sent (less surrounding blanks)
+
+
+# --- how a bare value is recognised (the command line's typing) ------------------------
+
+_URL_START = re.compile(r"https?://", re.IGNORECASE)
+_DOTTED_NAME = re.compile(r"[^\s/\\:@?#]+\.[^\s/\\:@?#]+")
+
+
+def _looks_like_ipv4(text: str) -> bool:
+    return _ipv4(text) is not None
+
+
+def _looks_like_ipv6(text: str) -> bool:
+    return ":" in text and _ipv6(text) is not None
+
+
+def _looks_like_url(text: str) -> bool:
+    return _URL_START.match(text) is not None
+
+
+def _looks_like_domain(text: str) -> bool:
+    """A dotted name that is not all digits (`1.2.3` is no domain, nor a valid address)."""
+    return _DOTTED_NAME.fullmatch(text) is not None and not text.replace(".", "").isdigit()
+
+
+def _hex_of_length(length: int) -> Callable[[str], bool]:
+    def looks_like_hash(text: str) -> bool:
+        return len(text) == length and _HEX.fullmatch(text) is not None
+
+    return looks_like_hash
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+OBSERVABLE_TYPES: tuple[ObservableType, ...] = (
+    ObservableType("ip", "IP", _ipv4, EVERY_BACKEND, _looks_like_ipv4),
+    ObservableType("ipv6", "IPv6", _ipv6, EVERY_BACKEND, _looks_like_ipv6),
+    ObservableType("domain", "domain", _domain, EVERY_BACKEND, _looks_like_domain),
+    ObservableType("url", "URL", _url, frozenset({"v3"}), _looks_like_url),
+    ObservableType("md5", "MD5", _md5, frozenset({"v3"}), _hex_of_length(32)),
+    ObservableType("sha1", "SHA-1", _sha1, frozenset({"v3"}), _hex_of_length(40)),
+    ObservableType("sha256", "SHA-256", _sha256, frozenset({"v3"}), _hex_of_length(64)),
+    ObservableType("user_agent", "user agent", _printable_text, frozenset({"v3"})),
+)
+TYPES = {observable_type.name: observable_type for observable_type in OBSERVABLE_TYPES}
+# Views of the registry: XDR type -> its title; Threatscore API -> the types it looks up.
+TYPE_NAMES = {observable_type.name: observable_type.title for observable_type in OBSERVABLE_TYPES}
+TYPES_BY_API = {api: frozenset(t.name for t in OBSERVABLE_TYPES if api in t.backends) for api in BACKENDS}
+
+# XDR's observable type names (its whole vocabulary, most of which Threatscore does not know):
+# only these count as a `TYPE:` prefix on the command line, so that `http://x` or an IPv6
+# address is never read as one.
+XDR_TYPE_NAMES = frozenset(
+    {
+        "amp_computer_guid",
+        "certificate_common_name",
+        "certificate_issuer",
+        "certificate_serial",
+        "cisco_mid",
+        "cisco_cm_id",
+        "cisco_uc_id",
+        "cve",
+        "device",
+        "domain",
+        "email",
+        "email_messageid",
+        "email_subject",
+        "file_name",
+        "file_path",
+        "hostname",
+        "imei",
+        "imsi",
+        "ip",
+        "ipv6",
+        "mac_address",
+        "md5",
+        "ms_machine_id",
+        "mutex",
+        "ngfw_id",
+        "ngfw_name",
+        "odns_identity",
+        "odns_identity_label",
+        "orbital_node_id",
+        "pki_serial",
+        "process_name",
+        "registry_key",
+        "s1_agent_id",
+        "sha1",
+        "sha256",
+        "swc_device_id",
+        "url",
+        "user",
+        "user_agent",
+    }
+)
+
+
+def recognised_type(text: str) -> str | None:
+    """The registry's type whose form a bare value has (the first in registry order), or None."""
+    for observable_type in OBSERVABLE_TYPES:
+        if observable_type.recognises is not None and observable_type.recognises(text):
+            return observable_type.name
+    return None
+
+
+_E_MAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_CVE = re.compile(r"CVE-\d{4}-\d{4,}", re.IGNORECASE)
+
+
+def unrecognised_reason(text: str) -> str:
+    """Why a bare value that no type recognises is not looked up, in words an analyst acts on."""
+    if "/" in text:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            pass
+        else:
+            return f"a network range (IPv{network.version} CIDR): Threatscore looks up one address at a time"
+    if _CVE.fullmatch(text):
+        return "a vulnerability id (XDR type cve): Threatscore does not look vulnerabilities up"
+    if _E_MAIL.fullmatch(text):
+        return "an e-mail address (XDR type email): Threatscore does not look e-mail addresses up"
+    if not any(mark in text for mark in " .:/") and any(char.isalpha() for char in text):
+        return (
+            "cannot tell its type (a host name without its domain?):"
+            " give its full name, or say it as TYPE:VALUE"
+        )
+    return "cannot tell its type: say it as TYPE:VALUE (e.g. user_agent:...)"

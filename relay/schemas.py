@@ -19,7 +19,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError, cleaned
-from relay.observables import SUPPORTED_TYPES, Observable, canonical_value
+from relay.observables import Observable, canonical_value
 
 # --- The caller's observables -------------------------------------------------
 
@@ -44,11 +44,11 @@ def parse_observables(
     body: bytes,
     max_observables: int,
     max_value_length: int,
-    supported_types: Collection[str] = SUPPORTED_TYPES,
+    supported_types: Collection[str],
     dropped: list[tuple[int, str]] | None = None,
 ) -> list[Observable]:
-    """The valid, distinct observables of `supported_types` (those of the configured API:
-    `observables.TYPES_BY_API`) in a request body, in input order.
+    """The valid, distinct observables of `supported_types` (those the configured API looks
+    up: `observables.TYPES_BY_API`) in a request body, in input order.
 
     `dropped`, when given, receives `(index, reason)` for each item left out as unsupported
     or invalid (`UNSUPPORTED_TYPE`, `INVALID_VALUE`); exact repeats are not drops.

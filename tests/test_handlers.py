@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from relay.handlers import MAX_ANSWER_BYTES
+from relay.handlers import MAX_ANSWER_BYTES, health_probe
+from relay.observables import TYPES_BY_API
 from tests import answers
 from tests.ctim import check_answer
 from tests.test_app import OBSERVE, post
@@ -252,3 +253,19 @@ def test_a_cached_answer_is_mapped_once_and_a_new_answer_again():
     assert mapped.get(observable, uncached, options, ENTITY_KINDS, later) is not mapped.get(
         observable, uncached, options, ENTITY_KINDS, later
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "api", "expected"),
+    [
+        ("127.0.0.100", "v3", ("ip", "127.0.0.100")),
+        ("2001:DB8::1", "score", ("ipv6", "2001:db8::1")),
+        ("http://Probe.example/", "v3", ("url", "http://probe.example/")),
+        ("a" * 32, "v3", ("md5", "a" * 32)),
+        # Not one of the score API's types: asked as configured, never as a type it does not know.
+        ("http://Probe.example/", "score", ("ip", "http://Probe.example/")),
+    ],
+)
+def test_the_health_probe_has_a_type_of_the_configured_backend(value, api, expected):
+    probe = health_probe(value, TYPES_BY_API[api])
+    assert (probe.type, probe.lookup_value) == expected

@@ -1,6 +1,17 @@
+import re
+
 import pytest
 
-from relay.observables import canonical_value
+from relay.observables import (
+    BACKENDS,
+    OBSERVABLE_TYPES,
+    TYPES_BY_API,
+    XDR_TYPE_NAMES,
+    canonical_value,
+    recognised_type,
+)
+from tests.contract import spec
+from tests.relay_process import ROOT
 
 
 @pytest.mark.parametrize(
@@ -66,3 +77,114 @@ from relay.observables import canonical_value
 )
 def test_canonical_value(observable_type, value, canonical):
     assert canonical_value(observable_type, value) == canonical
+
+
+# --- the registry is the one list of types --------------------------------------------------
+
+
+def test_each_backend_looks_up_the_types_the_registry_gives_it():
+    assert {
+        "v3": frozenset({"ip", "ipv6", "domain", "url", "md5", "sha1", "sha256", "user_agent"}),
+        "score": frozenset({"ip", "ipv6", "domain"}),
+    } == TYPES_BY_API
+    assert set(TYPES_BY_API) == set(BACKENDS)
+    for observable_type in OBSERVABLE_TYPES:
+        assert observable_type.backends <= set(BACKENDS), observable_type.name
+        assert observable_type.name in XDR_TYPE_NAMES, observable_type.name  # XDR's own name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("198.51.100.7", "ip"),
+        ("2001:db8::1", "ipv6"),
+        ("fe80::1%eth0", "ipv6"),
+        ("example.com", "domain"),
+        ("http://phish.example/login", "url"),
+        ("HTTPS://x.example", "url"),
+        ("http://exa mple.com/", "url"),  # a URL's form, not a valid URL: said so, not guessed as another
+        ("44d88612fea8a8f36de82e1278abb02f", "md5"),
+        ("a" * 40, "sha1"),
+        ("A" * 64, "sha256"),
+        ("sqlmap/1.7", None),  # a user agent must be said
+        ("localhost", None),
+        ("1.2.3", None),
+        ("10.0.0.0/8", None),
+    ],
+)
+def test_a_bare_value_is_recognised_by_its_form(text, expected):
+    assert recognised_type(text) == expected
+
+
+def test_no_value_has_the_form_of_two_types():
+    samples = [
+        "198.51.100.7",
+        "2001:db8::bad",
+        "::ffff:192.0.2.1",
+        "example.com",
+        "bücher.example",
+        "http://phish.example/login",
+        "44d88612fea8a8f36de82e1278abb02f",
+        "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+        "ab" * 32,
+        "1234567890abcdef1234567890abcdef",  # hex only: a hash, never a domain or an address
+    ]
+    for text in samples:
+        matching = [t.name for t in OBSERVABLE_TYPES if t.recognises is not None and t.recognises(text)]
+        assert len(matching) == 1, (text, matching)
+
+
+def test_what_a_type_recognises_it_also_accepts_when_valid():
+    # Recognising is looser than checking (a URL with a space is still a URL, invalid), never stricter.
+    for text, observable_type in [
+        ("198.51.100.7", "ip"),
+        ("2001:DB8::1", "ipv6"),
+        ("Example.COM", "domain"),
+        ("http://x.example/a", "url"),
+        ("A" * 32, "md5"),
+    ]:
+        assert recognised_type(text) == observable_type
+        assert canonical_value(observable_type, text) is not None
+
+
+def test_the_openapi_description_lists_the_registrys_types():
+    names = [observable_type.name for observable_type in OBSERVABLE_TYPES]
+    schemas = spec()["components"]["schemas"]
+    request_enum = schemas["Observables"]["items"]["properties"]["type"]["anyOf"][0]["enum"]
+    assert request_enum[: len(names)] == names
+    assert {name.lower() for name in request_enum} == set(names)  # the rest: other spellings of them
+    assert schemas["Observable"]["properties"]["type"]["enum"] == names
+    assert schemas["ReferEntry"]["properties"]["id"]["pattern"] == (
+        f"^ref-threatscore-search-({'|'.join(names)})-"
+    )
+    described = spec()["components"]["requestBodies"]["Observables"]["description"]
+    by_backend = dict(re.findall(r"^- `(\w+)`: (.+)$", described, re.M))
+    assert {api: frozenset(listed.split(", ")) for api, listed in by_backend.items()} == TYPES_BY_API
+
+
+def docs_type_table() -> dict[str, dict[str, str]]:
+    """The docs' table of observable types (README.md or docs/*.md): type -> {column: cell}."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if line.strip().startswith("| type |") and "`v3`" in cells and "`score`" in cells:
+                table = {}
+                for row in lines[number + 2 :]:
+                    if not row.strip().startswith("|"):
+                        break
+                    values = [cell.strip() for cell in row.strip().strip("|").split("|")]
+                    for name in re.findall(r"`(\w+)`", values[0]):
+                        table[name] = dict(zip(cells, values, strict=True))
+                return table
+    raise AssertionError("no table of observable types (| type | `v3` | `score` | ...) in the docs")
+
+
+def test_the_docs_type_table_is_the_registry():
+    table = docs_type_table()
+    assert list(table) == [observable_type.name for observable_type in OBSERVABLE_TYPES]
+    for observable_type in OBSERVABLE_TYPES:
+        for api in BACKENDS:
+            shown = table[observable_type.name][f"`{api}`"]
+            assert shown == ("yes" if api in observable_type.backends else "no"), (observable_type.name, api)

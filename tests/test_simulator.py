@@ -13,7 +13,7 @@ import jwt
 import pytest
 import requests
 
-from relay.cli import infer_type
+from relay.observables import recognised_type
 from simulator import NOT_FOUND_BODY, V3_PATH, Scripted, ThreatscoreSimulator, fault_label
 from simulator.answers import AnswersError, load_answers
 from simulator.catalogue import ENTRIES
@@ -83,7 +83,7 @@ def test_each_entry_answers_in_the_asking_apis_shape(catalogue):
         if v3.status_code == 200 and "threatscore" in v3.json():
             assert "scores" not in v3.json()
         # Every value names its type in the form the command line infers (or says it).
-        assert entry.type == infer_type(entry.value) or entry.type == "user_agent", entry.value
+        assert entry.type == recognised_type(entry.value) or entry.type == "user_agent", entry.value
 
 
 def test_the_v3_forms_the_reference_describes(catalogue):

@@ -36,7 +36,7 @@ class ScoreClient:
             raise InvalidArgumentError(f"{value!r} cannot be looked up on Threatscore")
         return f"{self._base_url}/api/score/{segment}"
 
-    def score(self, value: str, deadline: float | None = None) -> ScoreAnswer | None:
+    def fetch(self, value: str, deadline: float | None = None) -> ScoreAnswer | None:
         status, body = self._transport.exchange("GET", self.url_for(value), deadline)
         if status == 200:
             return parse_score_answer(parse_json(body))

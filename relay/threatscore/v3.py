@@ -31,7 +31,7 @@ class V3Client:
         self._search_url = settings.threatscore_api_url + SEARCH_PATH
         self._transport = Transport(settings, session, sleep, pacing)
 
-    def score(self, value: str, deadline: float | None = None) -> V3Answer | None:
+    def fetch(self, value: str, deadline: float | None = None) -> V3Answer | None:
         status, body = self._transport.exchange("POST", self._search_url, deadline, {"data": value})
         if status == 200:
             return parse_v3_answer(parse_json(body))

@@ -49,13 +49,13 @@ def ts_client(make_threatscore_client):
 
 def error_of(ts_client, value, deadline=None) -> RelayError:
     with pytest.raises(RelayError) as raised:
-        ts_client.score(value, deadline)
+        ts_client.fetch(value, deadline)
     return raised.value
 
 
 def test_found_answer(threatscore, ts_client):
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
-    answer = ts_client.score("198.51.100.7")
+    answer = ts_client.fetch("198.51.100.7")
     assert len(answer["scores"][0]["details"]) == 4
     assert threatscore.raw_paths == ["/api/score/198.51.100.7"]
     assert threatscore.user_agents[0].startswith("threatscore-xdr-relay/")
@@ -64,11 +64,11 @@ def test_found_answer(threatscore, ts_client):
 @pytest.mark.parametrize(("status", "body"), answers.NO_DATA_FORMS)
 def test_every_no_data_form(threatscore, ts_client, status, body):
     threatscore.answer("203.0.113.9", body, status=status)
-    assert ts_client.score("203.0.113.9") is None
+    assert ts_client.fetch("203.0.113.9") is None
 
 
 def test_unknown_values_are_no_data(ts_client):
-    assert ts_client.score("192.0.2.200") is None  # the fake's default: 404 Observable not found
+    assert ts_client.fetch("192.0.2.200") is None  # the fake's default: 404 Observable not found
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_failures_become_precise_errors(threatscore, ts_client, status, body, co
 
 def test_hostile_values_stay_one_percent_encoded_path_segment(threatscore, ts_client):
     for value in ["1.1.1.1/../../admin?q=1#frag", "x/../../y", "...", "a b", "2001:db8::1", "bücher.example"]:
-        ts_client.score(value)
+        ts_client.fetch(value)
     assert threatscore.raw_paths == [
         "/api/score/1.1.1.1%2F..%2F..%2Fadmin%3Fq%3D1%23frag",
         "/api/score/x%2F..%2F..%2Fy",
@@ -183,7 +183,7 @@ def test_502_503_504_are_retried_then_the_answer_is_used(threatscore, make_threa
         Scripted(body=answers.FOUR_ENGINES),
     )
     client = make_threatscore_client(threatscore_retries=2)
-    answer = client.score(VALUE, time.monotonic() + 10)
+    answer = client.fetch(VALUE, time.monotonic() + 10)
     assert len(answer["scores"][0]["details"]) == 4
     assert threatscore.calls_for(VALUE) == 3
 
@@ -192,7 +192,7 @@ def test_a_connection_reset_mid_answer_is_retried(threatscore, make_threatscore_
     threatscore.answer_in_turn(
         VALUE, Scripted(body=answers.FOUR_ENGINES, fault="reset"), Scripted(body=answers.FOUR_ENGINES)
     )
-    answer = make_threatscore_client(threatscore_retries=1).score(VALUE, time.monotonic() + 10)
+    answer = make_threatscore_client(threatscore_retries=1).fetch(VALUE, time.monotonic() + 10)
     assert len(answer["scores"][0]["details"]) == 4
     assert threatscore.calls_for(VALUE) == 2
 
@@ -269,7 +269,7 @@ def test_connection_refused_is_retried_then_the_answer_is_used():
     settings = replace(Settings(), threatscore_api_url=f"http://127.0.0.1:{port}", threatscore_retries=2)
     client = ScoreClient(settings, requests.Session(), sleep=start_threatscore_then_wait)
     try:
-        answer = client.score(VALUE, time.monotonic() + 10)
+        answer = client.fetch(VALUE, time.monotonic() + 10)
         assert len(answer["scores"][0]["details"]) == 4
         assert len(waits) == 1 and fake.calls_for(VALUE) == 1
     finally:
@@ -293,7 +293,7 @@ def test_429_waits_for_retry_after_then_uses_the_answer(threatscore, make_threat
         Scripted(body=answers.FOUR_ENGINES),
     )
     waits = Waits()
-    answer = make_threatscore_client(threatscore_retries=2, sleep=waits).score(VALUE, time.monotonic() + 5)
+    answer = make_threatscore_client(threatscore_retries=2, sleep=waits).fetch(VALUE, time.monotonic() + 5)
     assert len(answer["scores"][0]["details"]) == 4
     assert waits == [1]
     assert threatscore.calls_for(VALUE) == 2

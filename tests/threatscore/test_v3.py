@@ -41,13 +41,13 @@ def v3_client(make_v3_client):
 
 def error_of(client, value=VALUE, deadline=None) -> RelayError:
     with pytest.raises(RelayError) as raised:
-        client.score(value, deadline)
+        client.fetch(value, deadline)
     return raised.value
 
 
 def test_the_request_is_a_post_of_exactly_the_value_as_json(threatscore, v3_client):
     threatscore.answer(VALUE, answers.V3_FOUND)
-    v3_client.score(VALUE)
+    v3_client.fetch(VALUE)
     [(method, path, body, headers)] = threatscore.requests_seen
     assert (method, path, body) == ("POST", SEARCH, {"data": VALUE})
     assert headers["Content-Type"] == "application/json"
@@ -61,13 +61,13 @@ def test_the_request_is_a_post_of_exactly_the_value_as_json(threatscore, v3_clie
 )
 def test_any_value_travels_in_the_body_as_it_is(threatscore, v3_client, value):
     threatscore.answer(value, answers.V3_SAFE_BARE)
-    assert v3_client.score(value)["level"] == "safe"
+    assert v3_client.fetch(value)["level"] == "safe"
     assert threatscore.requests_seen[0][1:3] == (SEARCH, {"data": value})
 
 
 def test_a_found_answer_is_normalised(threatscore, v3_client):
     threatscore.answer(VALUE, answers.V3_FOUND)
-    answer = v3_client.score(VALUE)
+    answer = v3_client.fetch(VALUE)
     assert answer == {
         "api": "v3",
         "score": 0.8125,
@@ -91,12 +91,12 @@ def test_a_found_answer_is_normalised(threatscore, v3_client):
 @pytest.mark.parametrize(("status", "body"), answers.V3_NO_DATA_FORMS)
 def test_every_nothing_known_form_is_no_data(threatscore, v3_client, status, body):
     threatscore.answer(VALUE, body, status=status)
-    assert v3_client.score(VALUE) is None
+    assert v3_client.fetch(VALUE) is None
 
 
 def test_epoch_milliseconds_are_dates(threatscore, v3_client):
     threatscore.answer(VALUE, answers.V3_EPOCH_AND_ODD_LEVEL)
-    answer = v3_client.score(VALUE)
+    answer = v3_client.fetch(VALUE)
     assert (answer["first_seen"], answer["last_seen"]) == (
         "2023-11-14T22:13:20.000+00:00",
         "2024-03-09T16:00:00.123+00:00",
@@ -176,7 +176,7 @@ def test_refusals_say_what_they_are_and_what_to_do(threatscore, make_v3_client, 
 
 def test_a_503_is_retried_as_for_the_score_api(threatscore, make_v3_client):
     threatscore.answer_in_turn(VALUE, Scripted(status=503, body=""), Scripted(body=answers.V3_FOUND))
-    answer = make_v3_client(threatscore_retries=1).score(VALUE, time.monotonic() + 10)
+    answer = make_v3_client(threatscore_retries=1).fetch(VALUE, time.monotonic() + 10)
     assert answer["level"] == "malicious"
     assert threatscore.calls_for(VALUE) == 2
     assert [seen[2] for seen in threatscore.requests_seen] == [{"data": VALUE}] * 2
@@ -190,7 +190,7 @@ def test_the_size_cap_applies(threatscore, make_v3_client):
 
 def test_an_api_key_is_sent_as_a_bearer_token(threatscore, make_v3_client):
     threatscore.answer(VALUE, answers.V3_FOUND)
-    make_v3_client(threatscore_api_key="k3y-of-a-licensed-account").score(VALUE)
+    make_v3_client(threatscore_api_key="k3y-of-a-licensed-account").fetch(VALUE)
     assert threatscore.requests_seen[0][3]["Authorization"] == "Bearer k3y-of-a-licensed-account"
 
 
@@ -199,7 +199,7 @@ def test_an_api_key_goes_in_the_header_named(threatscore, make_v3_client):
     client = make_v3_client(
         threatscore_api_key="k3y-of-a-licensed-account", threatscore_api_key_header="X-Api-Key"
     )
-    client.score(VALUE)
+    client.fetch(VALUE)
     headers = threatscore.requests_seen[0][3]
     assert headers["X-Api-Key"] == "k3y-of-a-licensed-account" and "Authorization" not in headers
 
