@@ -35,7 +35,7 @@ def _agreement(overall: Assessment) -> str:
     total = len(overall.analyses)
     agreeing = sum(1 for analysis in overall.analyses if analysis.disposition == overall.disposition)
     if total == 0:
-        return "with no analysis listed behind it"
+        return "with no analysis listed"
     if total == 1:
         return "from 1 analysis, which agrees" if agreeing else "from 1 analysis, which does not agree"
     if agreeing == 0:
