@@ -9,6 +9,7 @@ answer the same way, so a table and the CTIM answer never disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from relay.mapping.concepts import Concept, concepts_of
 from relay.mapping.dispositions import DISPOSITION_NAMES, LEVEL_DISPOSITIONS, disposition_for
@@ -21,8 +22,7 @@ class AnswerFacts:
     categories: tuple[str, ...]  # the concepts of the observable's indicators, in their order
 
 
-@dataclass(frozen=True)
-class Analysis:
+class Analysis(NamedTuple):  # a NamedTuple: an answer may hold a thousand of them
     """One scoring behind Threatscore's overall score: a v3 analysis row or a score API engine."""
 
     scorer: str  # the analysis id or the engine id

@@ -10,9 +10,10 @@ show each row.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from relay.mapping.dispositions import CLEAN, MALICIOUS, SUSPICIOUS, disposition_for
 
@@ -42,6 +43,7 @@ SEVERITY_BASE = {"High": 90, "Medium": 70, "Low": 45, "Info": 20, "Unknown": 10}
 CONFIDENCE_STEP = {"High": 5, "Medium": 0, "Low": -5}
 
 
+@functools.lru_cache(maxsize=64)  # a handful of inputs, asked for every entity
 def rate(disposition: int, high: bool, support: Support) -> Rating:
     """`high`: a score of three quarters or more (for an indicator: a grave concept)."""
     if disposition == MALICIOUS:
@@ -60,18 +62,35 @@ def is_high(score: float | None) -> bool:
     return score is not None and score >= HIGH_SCORE
 
 
-def support_of(disposition: int, analyses: Iterable[tuple[str, float]], now: datetime) -> Support:
-    """How well `analyses` ((ISO date, score) of each) back `disposition`, as of `now`."""
-    total = agreeing = recent_agreeing = 0
+@dataclass(frozen=True)
+class Tally:
+    """A set of analyses counted once: how many, and per disposition how many (and how many recent)."""
+
+    total: int
+    by_disposition: dict[int, tuple[int, int]]  # disposition -> (analyses, recent analyses)
+
+
+def tally(analyses: Iterable[tuple[str, float]], now: datetime) -> Tally:
+    """Count `analyses` ((ISO date, score) of each) once, as of the lookup `now`."""
+    # A normalised answer's dates are ISO strings in one form (UTC, milliseconds): they compare
+    # as the times they are, with no parsing.
+    recent_since = (now - RECENT).astimezone(UTC).isoformat(timespec="milliseconds")
+    total = 0
+    counts: dict[int, list[int]] = {}
     for date, score in analyses:
         total += 1
-        if disposition_for(score) != disposition:
-            continue
-        agreeing += 1
-        if now - datetime.fromisoformat(date) <= RECENT:
-            recent_agreeing += 1
-    if recent_agreeing >= BROAD_AGREEING and agreeing >= BROAD_SHARE * total:
+        count = counts.setdefault(disposition_for(score), [0, 0])
+        count[0] += 1
+        if date >= recent_since:  # a date after the lookup is recent too
+            count[1] += 1
+    return Tally(total, {disposition: (found, recent) for disposition, (found, recent) in counts.items()})
+
+
+def support_of(disposition: int, analyses: Tally) -> Support:
+    """How well the analyses back `disposition`."""
+    agreeing, recent_agreeing = analyses.by_disposition.get(disposition, (0, 0))
+    if recent_agreeing >= BROAD_AGREEING and agreeing >= BROAD_SHARE * analyses.total:
         return Support.BROAD
-    if agreeing >= SOME_AGREEING and agreeing * 2 > total:
+    if agreeing >= SOME_AGREEING and agreeing * 2 > analyses.total:
         return Support.SOME
     return Support.THIN

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from relay.mapping.ctim import EntityBuilder, MappingOptions, ObservableEntities, verdict
 from relay.mapping.facts import Analysis, assessment
-from relay.mapping.rating import is_high, rate, support_of
+from relay.mapping.rating import is_high, rate, support_of, tally
 from relay.mapping.texts import aggregate_reason, analysis_reason
 from relay.observables import Observable
 from relay.schemas import ScoreAnswer
@@ -28,15 +28,13 @@ def map_score_answer(
     build = EntityBuilder(observable, options, now)
     overall = assessment(answer)
     if overall is not None:
-        dated = [(analysis.date, analysis.score) for analysis in overall.analyses]
-        rating = rate(
-            overall.disposition, is_high(overall.score), support_of(overall.disposition, dated, now)
-        )
+        counted = tally(((analysis.date, analysis.score) for analysis in overall.analyses), now)
+        rating = rate(overall.disposition, is_high(overall.score), support_of(overall.disposition, counted))
         aggregate = build.judgement(
             "aggregate",
             overall.date,
             overall.score,
-            aggregate_reason(overall, ()),
+            aggregate_reason(overall, (), counted),
             overall.disposition,
             rating,
         )
@@ -48,12 +46,12 @@ def map_score_answer(
             for engine in entry["details"]
             if engine["score"] is not None
         ]
-        dated = [(engine.date, engine.score) for engine in engines]
+        counted = tally(((engine.date, engine.score) for engine in engines), now)
         for engine in engines:
             if len(entities.judgements) >= options.entities_limit:
                 return entities  # the rest would be cut anyway
             disposition = engine.disposition
-            rating = rate(disposition, is_high(engine.score), support_of(disposition, dated, now))
+            rating = rate(disposition, is_high(engine.score), support_of(disposition, counted))
             entities.judgements.append(
                 build.judgement(
                     engine.scorer,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from relay.mapping.concepts import Concept
 from relay.mapping.dispositions import DISPOSITION_NAMES
 from relay.mapping.facts import Analysis, Assessment
+from relay.mapping.rating import Tally
 
 
 def percent(score: float) -> str:
@@ -18,22 +19,21 @@ def percent(score: float) -> str:
     return f"{score * 100:.1f} %"
 
 
-def aggregate_reason(overall: Assessment, concepts: Sequence[Concept]) -> str:
+def aggregate_reason(overall: Assessment, concepts: Sequence[Concept], analyses: Tally) -> str:
     """e.g. `Threatscore score 44.0 % (suspicious) from 6 analyses, 2 of which agree; categories: spam`."""
     said = (
         f"Threatscore score {percent(overall.score)}"
         if overall.score is not None
         else "Threatscore: no score"
     )
-    reason = f"{said} ({overall.level_word}) {_agreement(overall)}"
+    agreeing, _recent = analyses.by_disposition.get(overall.disposition, (0, 0))
+    reason = f"{said} ({overall.level_word}) {_agreement(analyses.total, agreeing)}"
     if concepts:
         reason += f"; categories: {', '.join(concept.key for concept in concepts)}"
     return reason
 
 
-def _agreement(overall: Assessment) -> str:
-    total = len(overall.analyses)
-    agreeing = sum(1 for analysis in overall.analyses if analysis.disposition == overall.disposition)
+def _agreement(total: int, agreeing: int) -> str:
     if total == 0:
         return "with no analysis listed"
     if total == 1:

@@ -24,7 +24,7 @@ from datetime import datetime
 from relay.mapping.ctim import EntityBuilder, MappingOptions, ObservableEntities, data_table, verdict
 from relay.mapping.dispositions import UNKNOWN
 from relay.mapping.facts import assessment, concepts
-from relay.mapping.rating import Support, is_high, rate, support_of
+from relay.mapping.rating import Support, is_high, rate, support_of, tally
 from relay.mapping.texts import aggregate_reason, analysis_reason
 from relay.observables import Observable
 from relay.schemas import V3Answer
@@ -41,15 +41,15 @@ def map_v3_answer(
 
     aggregate = None
     if overall is not None:
-        dated = [(analysis.date, analysis.score) for analysis in overall.analyses]
+        counted = tally(((analysis.date, analysis.score) for analysis in overall.analyses), now)
         observable_rating = rate(
-            overall.disposition, is_high(overall.score), support_of(overall.disposition, dated, now)
+            overall.disposition, is_high(overall.score), support_of(overall.disposition, counted)
         )
         aggregate = build.judgement(
             "aggregate",
             overall.date,
             overall.score,
-            aggregate_reason(overall, said),
+            aggregate_reason(overall, said, counted),
             overall.disposition,
             observable_rating,
         )
@@ -60,7 +60,7 @@ def map_v3_answer(
             if len(entities.judgements) >= limit:
                 break
             disposition = analysis.disposition
-            rating = rate(disposition, is_high(analysis.score), support_of(disposition, dated, now))
+            rating = rate(disposition, is_high(analysis.score), support_of(disposition, counted))
             judgement = build.judgement(
                 analysis.scorer, analysis.date, analysis.score, analysis_reason(analysis), disposition, rating
             )
