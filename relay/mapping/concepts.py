@@ -62,7 +62,6 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "calling home.",
         MALICIOUS,
         grave=True,
-        names=("botnet_cc", "c2"),
     ),
     _concept(
         "compromise",
@@ -72,7 +71,7 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "legitimate system that an attacker has taken over and may use to attack others or to "
         "serve malicious content. It may be both a victim and a threat.",
         MALICIOUS,
-        names=("compromission", "compromised", "compromised_host"),
+        names=("compromission", "compromised"),
     ),
     _concept(
         "attack",
@@ -81,7 +80,6 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "Threatscore saw this observable take part in attacks: exploitation attempts, brute "
         "forcing or other intrusion attempts against systems it watches.",
         MALICIOUS,
-        names=("attacker",),
     ),
     _concept(
         "malicious_host",
@@ -115,7 +113,7 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "open services or known weaknesses, often the first step of an attack, sometimes "
         "research.",
         SUSPICIOUS,
-        names=("scan", "scanning"),
+        names=("scan",),
     ),
     _concept(
         "blocklist",
@@ -125,7 +123,6 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "and its flag `blocklist`): others have reported it for abuse. How grave depends on "
         "why it was listed; the other indicators say more.",
         SUSPICIOUS,
-        names=("blacklist",),
     ),
     _concept(
         "general_business",
