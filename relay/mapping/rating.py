@@ -39,7 +39,7 @@ class Rating:
     priority: int
 
 
-SEVERITY_BASE = {"High": 90, "Medium": 70, "Low": 45, "Info": 20, "Unknown": 10}
+SEVERITY_BASE = {"High": 90, "Medium": 70, "Low": 45, "Info": 25, "Unknown": 10}
 CONFIDENCE_STEP = {"High": 5, "Medium": 0, "Low": -5}
 
 

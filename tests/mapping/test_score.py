@@ -49,7 +49,7 @@ EXPECTED_JUDGEMENTS = [
         1,
         "Clean",
         "Threatscore engine aa01aa01 on 2021-06-14: 0.0 % (clean)",
-        ("Info", "Low", 15),
+        ("Info", "Low", 20),
     ),
     judgement(
         "996b34e5d95d4bb7291adc4e0fe5c5ddeaf5218b664cb89041a9d2e2fc699840",
@@ -70,7 +70,7 @@ EXPECTED_JUDGEMENTS = [
         1,
         "Clean",
         "Threatscore engine dd04dd04 on 2021-06-14: 17.5 % (clean)",
-        ("Info", "Low", 15),
+        ("Info", "Low", 20),
     ),
 ]
 EXPECTED_VERDICTS = [
