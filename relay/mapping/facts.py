@@ -88,7 +88,8 @@ def _v3_assessment(answer: dict) -> Assessment | None:
     rows = answer["analysis"]
     # Dated by the newest analysis, else by when Threatscore last saw it, else undated.
     date = rows[0]["date"] if rows else answer["last_seen"]
-    analyses = tuple(Analysis(row["id"], row["date"], row["score"]) for row in rows)
+    # A row repeated (the same scorer, date and score) is one analysis.
+    analyses = tuple(dict.fromkeys(Analysis(row["id"], row["date"], row["score"]) for row in rows))
     return Assessment(score, level, disposition, date, analyses)
 
 
@@ -97,10 +98,17 @@ def _score_assessment(answer: dict) -> Assessment | None:
     newest = next((entry for entry in answer["scores"] if entry["score"] is not None), None)
     if newest is None:
         return None
-    analyses = tuple(
-        Analysis(engine["engineId"], engine["date"], engine["score"])
-        for engine in newest["details"]
-        if engine["score"] is not None
-    )
+    analyses = engine_analyses(newest)
     score = newest["score"]
     return Assessment(score, newest["level"], disposition_for(score), newest["date"], analyses)
+
+
+def engine_analyses(entry: dict) -> tuple[Analysis, ...]:
+    """The engines of a score API entry that gave a score; one repeated is one analysis."""
+    return tuple(
+        dict.fromkeys(
+            Analysis(engine["engineId"], engine["date"], engine["score"])
+            for engine in entry["details"]
+            if engine["score"] is not None
+        )
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from relay.mapping.ctim import EntityBuilder, MappingOptions, ObservableEntities, verdict
-from relay.mapping.facts import Analysis, assessment
+from relay.mapping.facts import assessment, engine_analyses
 from relay.mapping.rating import is_high, rate, support_of, tally
 from relay.mapping.texts import aggregate_reason, analysis_reason
 from relay.observables import Observable
@@ -40,26 +40,24 @@ def map_score_answer(
         )
         entities.judgements.append(aggregate)
         entities.verdicts.append(verdict(aggregate))
+    seen_ids = {judgement["id"] for judgement in entities.judgements}
     for entry in answer["scores"]:
-        engines = [
-            Analysis(engine["engineId"], engine["date"], engine["score"])
-            for engine in entry["details"]
-            if engine["score"] is not None
-        ]
+        engines = engine_analyses(entry)
         counted = tally(((engine.date, engine.score) for engine in engines), now)
         for engine in engines:
             if len(entities.judgements) >= options.entities_limit:
                 return entities  # the rest would be cut anyway
             disposition = engine.disposition
             rating = rate(disposition, is_high(engine.score), support_of(disposition, counted))
-            entities.judgements.append(
-                build.judgement(
-                    engine.scorer,
-                    engine.date,
-                    engine.score,
-                    analysis_reason(engine, "engine"),
-                    disposition,
-                    rating,
-                )
+            judgement = build.judgement(
+                engine.scorer,
+                engine.date,
+                engine.score,
+                analysis_reason(engine, "engine"),
+                disposition,
+                rating,
             )
+            if judgement["id"] not in seen_ids:  # one engine, one date, one score: one judgement
+                seen_ids.add(judgement["id"])
+                entities.judgements.append(judgement)
     return entities

@@ -212,3 +212,14 @@ def test_search_url_query_encodes_the_value():
         search_url("https://ui.test", "a b&c=d/e?f#g")
         == "https://ui.test/search?query=a%20b%26c%3Dd%2Fe%3Ff%23g"
     )
+
+
+def test_an_engine_repeated_in_an_entry_is_one_analysis_and_one_judgement():
+    repeated = answers.with_scores(0.9, 0.9, aggregate=0.9)
+    repeated["scores"][0]["details"][1]["engineId"] = repeated["scores"][0]["details"][0]["engineId"]
+    entities = map_answer(IP, parse_score_answer(repeated), OPTIONS, NOW)
+    check_answer({"data": {"judgements": {"count": len(entities.judgements), "docs": entities.judgements}}})
+    assert [j["reason"] for j in entities.judgements] == [
+        "Threatscore score 90.0 % (malicious) from 1 analysis, which agrees",
+        "Threatscore engine 00000000 on 2021-06-14: 90.0 % (malicious)",
+    ]

@@ -317,3 +317,12 @@ def test_values_from_upstream_stay_within_ctim_bounds():
     as_answer(entities)
     assert len(entities.judgements[0]["reason"]) <= 1024
     assert all(len(i["title"]) <= 1024 for i in entities.indicators)
+
+
+def test_a_repeated_analysis_row_is_counted_and_judged_once():
+    row = {"id": "9a9b" * 8, "date": "2026-11-27", "score": 0.9}
+    entities = mapped({"threatscore": {"value": 0.9, "level": "malicious"}, "analysis": [row, row]})
+    assert [j["reason"] for j in entities.judgements] == [
+        "Threatscore score 90.0 % (malicious) from 1 analysis, which agrees",
+        "Threatscore analysis 9a9b9a9b on 2026-11-27: 90.0 % (malicious)",
+    ]
