@@ -67,9 +67,10 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "compromise",
         "Compromised host",
         "A compromised host: a legitimate system an attacker has taken over.",
-        "Threatscore considers this observable compromised (its `compromission` flag): a "
-        "legitimate system that an attacker has taken over and may use to attack others or to "
-        "serve malicious content. It may be both a victim and a threat.",
+        "Threatscore considers this observable compromised (its flag `compromission`, its "
+        "category `compromised`, or both): a legitimate system that an attacker has taken "
+        "over and may use to attack others or to serve malicious content. It may be both a "
+        "victim and a threat.",
         MALICIOUS,
         names=("compromission", "compromised"),
     ),
@@ -109,9 +110,9 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "scanner",
         "Scanner",
         "Scans networks: probes many systems for open services or weaknesses.",
-        "Threatscore saw this observable scanning (its `scan` flag): probing many systems for "
-        "open services or known weaknesses, often the first step of an attack, sometimes "
-        "research.",
+        "Threatscore saw this observable scanning (its category `scanner`, its flag `scan`, or "
+        "both): probing many systems for open services or known weaknesses, often the first "
+        "step of an attack, sometimes research.",
         SUSPICIOUS,
         names=("scan",),
     ),
@@ -120,8 +121,8 @@ KNOWN_CONCEPTS: tuple[Concept, ...] = (
         "On a blocklist",
         "Listed on at least one blocklist that Threatscore follows.",
         "Threatscore found this observable on at least one blocklist it follows (its category "
-        "and its flag `blocklist`): others have reported it for abuse. How grave depends on "
-        "why it was listed; the other indicators say more.",
+        "`blocklist`, its flag `blocklist`, or both): others have reported it for abuse. "
+        "How grave depends on why it was listed; the other indicators say more.",
         SUSPICIOUS,
     ),
     _concept(

@@ -120,7 +120,8 @@ def test_a_category_and_a_flag_that_name_the_same_thing_are_one_indicator():
     entities = mapped({**answers.V3_FOUND, "threatscore": threatscore})
     assert [i["tags"][0] for i in entities.indicators] == ["blocklist", "scanner", "compromise"]
     # The one indicator says both: Threatscore's category and its flag.
-    assert "its category and its flag `blocklist`" in entities.indicators[0]["description"]
+    assert "its category `blocklist`, its flag `blocklist`, or both" in entities.indicators[0]["description"]
+    assert "its category `scanner`, its flag `scan`, or both" in entities.indicators[1]["description"]
     as_answer(entities)
 
 
