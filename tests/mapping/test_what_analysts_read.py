@@ -180,6 +180,7 @@ def test_confidence_differs_between_many_agreeing_analyses_and_a_single_one(api)
         "from 3 analyses, 3 of which agree"
         + ("; categories: malicious_host, blocklist, attack" if api == "v3" else "")
     )
+    assert (many["severity"], many["priority"]) == ("High", 95)  # as docs/ctim-mapping.md says
     assert single["confidence"] == disagreeing["confidence"] == "Low"
     assert CONFIDENCE_ORDER.index(many["confidence"]) > CONFIDENCE_ORDER.index(single["confidence"])
     assert many["priority"] > single["priority"]
