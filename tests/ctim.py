@@ -156,6 +156,8 @@ def _check_base(entity: dict, entity_type: str) -> None:
     for key, bound in (("title", SHORT_STRING), ("short_description", MED_STRING), ("source", MED_STRING)):
         if key in entity:
             assert isinstance(entity[key], str) and entity[key] and len(entity[key]) <= bound, (key, entity)
+    if "description" in entity:  # Markdown: a string, with no bound of its own
+        assert isinstance(entity["description"], str) and entity["description"], entity
 
 
 def check_indicator(indicator: dict) -> None:

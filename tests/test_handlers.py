@@ -153,7 +153,7 @@ def test_a_2018_score_entry_is_an_aggregate_without_engines(threatscore, client)
     body = post(client, OBSERVE, [{"type": "domain", "value": "old.example"}])
     assert "errors" not in body
     [judgement] = body["data"]["judgements"]["docs"]
-    assert judgement["reason"] == "Threatscore score 0.99 (malicious)"
+    assert judgement["reason"] == "Threatscore score 99.0 % (malicious) with no analysis listed"
     assert body["data"]["verdicts"]["docs"][0]["judgement_id"] == judgement["id"]
 
 

@@ -10,19 +10,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from relay.mapping.concepts import Concept
+from relay.mapping.dispositions import DISPOSITION_NAMES
+from relay.mapping.rating import Rating
 from relay.observables import Observable
 
 SCHEMA_VERSION = "1.0.17"
 SOURCE = "Threatscore Cyberprotect"
-PRIORITY = 85
-CONFIDENCE = "Medium"
-SEVERITY = "Medium"
 TLP = "white"
 MAX_REASON = 1024  # CTIM's bound on a judgement's reason
 MAX_SHORT_STRING = 1024  # CTIM's ShortString: titles, tags, producer
-
-CLEAN, MALICIOUS, SUSPICIOUS = 1, 2, 3
-DISPOSITION_NAMES = {1: "Clean", 2: "Malicious", 3: "Suspicious", 4: "Common", 5: "Unknown"}
+MAX_DESCRIPTION = 2048  # kept within CTIM's MedString, though a description may be longer
 
 
 @dataclass(frozen=True)
@@ -45,15 +43,6 @@ class ObservableEntities:
     relationships: list[dict] = field(default_factory=list)
 
 
-def disposition_for(score: float) -> int:
-    """Threatscore score -> CTIM disposition; the buckets leave no gaps."""
-    if score <= 0.25:  # negative scores mean clean too
-        return CLEAN
-    if score <= 0.5:
-        return SUSPICIOUS
-    return MALICIOUS
-
-
 def search_url(ui_url: str, value: str) -> str:
     """The Threatscore UI page that searches for `value`."""
     return f"{ui_url}/search?query={quote(value, safe='')}"
@@ -72,7 +61,13 @@ class EntityBuilder:
         self._valid_times: dict[str, dict] = {}
 
     def judgement(
-        self, scorer: str, scored_at: str | None, score: float | None, reason: str, disposition: int
+        self,
+        scorer: str,
+        scored_at: str | None,
+        score: float | None,
+        reason: str,
+        disposition: int,
+        rating: Rating,
     ) -> dict:
         """`scored_at` None: Threatscore gave no date (valid from the lookup on)."""
         # repr, not the float, is the material: 0.0 and -0.0 are equal floats but different ids.
@@ -86,9 +81,9 @@ class EntityBuilder:
             "observable": self.ctim_observable,
             "disposition": disposition,
             "disposition_name": DISPOSITION_NAMES[disposition],
-            "priority": PRIORITY,
-            "confidence": CONFIDENCE,
-            "severity": SEVERITY,
+            "priority": rating.priority,
+            "confidence": rating.confidence,
+            "severity": rating.severity,
             "reason": reason[:MAX_REASON],
             "tlp": TLP,
             "valid_time": self.valid_time(scored_at),
@@ -109,21 +104,22 @@ class EntityBuilder:
             valid_time = self._valid_times[scored_at] = {"start_time": start_time, "end_time": ctim_time(end)}
         return valid_time
 
-    def indicator(self, kind: str, name: str, title: str, description: str) -> dict:
-        """An indicator that means the same for every observable: its id depends only on what it
-        names, so an XDR user can pivot on it across observables and requests."""
+    def indicator(self, concept: Concept, rating: Rating) -> dict:
+        """An indicator that means the same for every observable: its id and its text depend only
+        on the concept it names, so an XDR user can pivot on it across observables and requests."""
         return {
-            "id": transient_id("indicator", kind, name),
+            "id": transient_id("indicator", "concept", concept.key),
             "type": "indicator",
             "schema_version": SCHEMA_VERSION,
             "producer": SOURCE,
             "source": SOURCE,
             "source_uri": self.options.ui_url,
-            "title": title[:MAX_SHORT_STRING],
-            "short_description": description[:MAX_SHORT_STRING],
-            "tags": [name[:MAX_SHORT_STRING], kind],
-            "confidence": CONFIDENCE,
-            "severity": SEVERITY,
+            "title": f"Threatscore: {concept.title}"[:MAX_SHORT_STRING],
+            "short_description": concept.short_description[:MAX_SHORT_STRING],
+            "description": concept.description[:MAX_DESCRIPTION],
+            "tags": [concept.key[:MAX_SHORT_STRING], *concept.names],
+            "confidence": rating.confidence,
+            "severity": rating.severity,
             "tlp": TLP,
             "valid_time": {
                 "start_time": ctim_time(self.now),
@@ -131,25 +127,40 @@ class EntityBuilder:
             },
         }
 
-    def sighting(self, first_seen: str | None, last_seen: str | None, data: dict | None) -> dict:
+    def sighting(
+        self, first_seen: str | None, last_seen: str | None, data: dict | None, rating: Rating
+    ) -> dict | None:
         """Threatscore saw the observable: from `first_seen` to `last_seen` (the one known for
-        both when the other is missing; the lookup time when both are)."""
-        times = [parsed_time(moment)[0] for moment in (first_seen, last_seen) if moment is not None]
+        both when the other is missing). None when Threatscore does not say when it saw it."""
+        times = sorted(parsed_time(moment)[0] for moment in (first_seen, last_seen) if moment is not None)
         if not times:
-            times = [self.now]
+            return None
+        start, end = times[0], times[-1]
+        when = (
+            f"on {start.date().isoformat()}"
+            if start.date() == end.date()
+            else f"between {start.date().isoformat()} and {end.date().isoformat()}"
+        )
         sighting = {
             "id": transient_id("sighting", self.observable.type, self.observable.value),
             "type": "sighting",
             "schema_version": SCHEMA_VERSION,
             "source": SOURCE,
             "source_uri": self.source_uri,
-            "title": "Known to Threatscore",
-            "confidence": CONFIDENCE,
-            "severity": SEVERITY,
+            "title": f"Seen by Threatscore {when}",
+            "short_description": f"Threatscore's observation: it saw this observable {when}.",
+            "description": (
+                f"Threatscore's own observation, not one of this organisation's: Threatscore saw "
+                f"this observable {when} (its first and last sighting). The severity is the "
+                f"observable's: "
+                f"{rating.severity}."
+            ),
+            "confidence": rating.confidence,
+            "severity": rating.severity,
             "count": 1,
             "internal": False,
             "observables": [self.ctim_observable],
-            "observed_time": {"start_time": ctim_time(min(times)), "end_time": ctim_time(max(times))},
+            "observed_time": {"start_time": ctim_time(start), "end_time": ctim_time(end)},
             "tlp": TLP,
         }
         if data is not None:

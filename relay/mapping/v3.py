@@ -2,44 +2,32 @@
 
 Per found observable:
 - judgements: the aggregate first (the verdict names it, so the entities limit
-  never cuts it), then one per scored analysis row, newest first;
+  never cuts it), then one per scored analysis row, newest first, each saying
+  which analysis found what, when;
 - one verdict, from Threatscore's level when it is one it defines, else from
   the score's buckets;
-- indicators: one per category and one per indicator flag that is true, each
-  with an id that depends only on what it names (the same for every
-  observable and request);
-- one sighting: when Threatscore saw it, and what it says of it (where, whose);
+- indicators: one per concept (a category and a flag that name the same thing
+  are one), each with an id and a text that depend only on the concept (the
+  same for every observable and request);
+- a sighting when Threatscore says when it saw the value: between which dates,
+  and what it says of it (where, whose);
 - relationships: the sighting `sighting-of` each indicator, the aggregate
   judgement `based-on` each indicator.
+
+Severity, confidence and priority come from `relay.mapping.rating`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from relay.mapping.ctim import (
-    CLEAN,
-    MALICIOUS,
-    SUSPICIOUS,
-    EntityBuilder,
-    MappingOptions,
-    ObservableEntities,
-    data_table,
-    disposition_for,
-    verdict,
-)
+from relay.mapping.ctim import EntityBuilder, MappingOptions, ObservableEntities, data_table, verdict
+from relay.mapping.dispositions import UNKNOWN
+from relay.mapping.facts import assessment, concepts
+from relay.mapping.rating import Support, is_high, rate, support_of, tally
+from relay.mapping.texts import aggregate_reason, analysis_reason
 from relay.observables import Observable
 from relay.schemas import V3Answer
-
-LEVEL_DISPOSITIONS = {"safe": CLEAN, "suspicious": SUSPICIOUS, "malicious": MALICIOUS}
-# The flags in English, as analysts read them (`compromission` is French).
-FLAG_NAMES = {"blocklist": "blocklist", "attack": "attack", "scan": "scan", "compromission": "compromise"}
-FLAG_DESCRIPTIONS = {
-    "blocklist": "Threatscore found it on a blocklist",
-    "attack": "Threatscore saw it take part in attacks",
-    "scan": "Threatscore saw it scanning",
-    "compromise": "Threatscore considers it compromised",
-}
 
 
 def map_v3_answer(
@@ -48,61 +36,62 @@ def map_v3_answer(
     entities = ObservableEntities()
     build = EntityBuilder(observable, options, now)
     limit = options.entities_limit
+    overall = assessment(answer)
+    said = concepts(answer)
 
-    aggregate = _aggregate_judgement(build, answer)
-    if aggregate is not None:
+    aggregate = None
+    if overall is not None:
+        counted = tally(((analysis.date, analysis.score) for analysis in overall.analyses), now)
+        observable_rating = rate(
+            overall.disposition, is_high(overall.score), support_of(overall.disposition, counted)
+        )
+        aggregate = build.judgement(
+            "aggregate",
+            overall.date,
+            overall.score,
+            aggregate_reason(overall, said, counted),
+            overall.disposition,
+            observable_rating,
+        )
         entities.judgements.append(aggregate)
         entities.verdicts.append(verdict(aggregate))
-    seen_ids = {judgement["id"] for judgement in entities.judgements}
-    for row in answer["analysis"]:
-        if len(entities.judgements) >= limit:
-            break
-        judgement = build.judgement(
-            row["id"], row["date"], row["score"], f"Analysis: {row['id']}", disposition_for(row["score"])
-        )
-        if judgement["id"] not in seen_ids:  # one scorer, one date, one score: one judgement
-            seen_ids.add(judgement["id"])
-            entities.judgements.append(judgement)
+        seen_ids = {aggregate["id"]}
+        for analysis in overall.analyses:
+            if len(entities.judgements) >= limit:
+                break
+            disposition = analysis.disposition
+            rating = rate(disposition, is_high(analysis.score), support_of(disposition, counted))
+            judgement = build.judgement(
+                analysis.scorer, analysis.date, analysis.score, analysis_reason(analysis), disposition, rating
+            )
+            if judgement["id"] not in seen_ids:  # one scorer, one date, one score: one judgement
+                seen_ids.add(judgement["id"])
+                entities.judgements.append(judgement)
+    else:
+        observable_rating = rate(UNKNOWN, False, Support.THIN)
 
-    indicators = [
+    entities.indicators = [
         build.indicator(
-            "category", name, f"Threatscore category: {name}", f"Threatscore classifies it as {name}"
+            concept,
+            rate(concept.disposition, concept.grave, Support.SOME if concept.known else Support.THIN),
         )
-        for name in answer["categories"]
+        for concept in said[:limit]
     ]
-    for flag in answer["flags"]:
-        name = FLAG_NAMES.get(flag, flag)
-        description = FLAG_DESCRIPTIONS.get(name, f"Threatscore flags it: {name}")
-        indicators.append(build.indicator("indicator", name, f"Threatscore indicator: {name}", description))
-    entities.indicators = indicators[:limit]
 
-    sighting = build.sighting(answer["first_seen"], answer["last_seen"], _what_threatscore_says(answer))
-    entities.sightings.append(sighting)
+    sighting = build.sighting(
+        answer["first_seen"], answer["last_seen"], _what_threatscore_says(answer), observable_rating
+    )
+    if sighting is not None:
+        entities.sightings.append(sighting)
 
     # Only the indicators kept: a relationship never names an indicator the limit cut.
     for indicator in entities.indicators:
-        entities.relationships.append(build.relationship("sighting-of", sighting["id"], indicator["id"]))
+        if sighting is not None:
+            entities.relationships.append(build.relationship("sighting-of", sighting["id"], indicator["id"]))
         if aggregate is not None:
             entities.relationships.append(build.relationship("based-on", aggregate["id"], indicator["id"]))
     del entities.relationships[limit:]
     return entities
-
-
-def _aggregate_judgement(build: EntityBuilder, answer: V3Answer) -> dict | None:
-    """From Threatscore's level when it is one of its three words, else from the score."""
-    score, level = answer["score"], answer["level"]
-    disposition = LEVEL_DISPOSITIONS.get(level or "")
-    if disposition is None:
-        if score is None:
-            return None  # a level the relay does not know, and no score to bucket
-        disposition = disposition_for(score)
-    shown = f"{score * 100:.1f} %" if score is not None else "no score"
-    reason = f"Threatscore score {shown} ({level or 'no level'})"
-    if answer["categories"]:
-        reason += f"; categories: {', '.join(answer['categories'])}"
-    # Dated by the newest analysis, else by when Threatscore last saw it, else undated.
-    scored_at = answer["analysis"][0]["date"] if answer["analysis"] else answer["last_seen"]
-    return build.judgement("aggregate", scored_at, score, reason, disposition)
 
 
 def _what_threatscore_says(answer: V3Answer) -> dict | None:

@@ -13,7 +13,8 @@ OPTIONS = MappingOptions(ui_url="https://ui.threatscore.test", valid_days=7, ent
 IP = Observable("ip", "198.51.100.7", "198.51.100.7")
 
 
-def judgement(id_, disposition, name, reason):
+def judgement(id_, disposition, name, reason, rating):
+    severity, confidence, priority = rating
     return {
         "id": f"transient:threatscore-judgement-{id_}",
         "type": "judgement",
@@ -23,9 +24,9 @@ def judgement(id_, disposition, name, reason):
         "observable": {"type": "ip", "value": "198.51.100.7"},
         "disposition": disposition,
         "disposition_name": name,
-        "priority": 85,
-        "confidence": "Medium",
-        "severity": "Medium",
+        "priority": priority,
+        "confidence": confidence,
+        "severity": severity,
         "reason": reason,
         "tlp": "white",
         # An old score looked up now: valid from its date until 7 days after the lookup.
@@ -35,30 +36,41 @@ def judgement(id_, disposition, name, reason):
 
 AGGREGATE_ID = "98161e98237c6fe52f7725bd80032196807360045466188d3812d065f8592da3"
 EXPECTED_JUDGEMENTS = [
-    judgement(AGGREGATE_ID, 3, "Suspicious", "Threatscore score 0.34 (suspicious)"),
+    # Suspicious, and only one engine of four agrees: Low, Low.
+    judgement(
+        AGGREGATE_ID,
+        3,
+        "Suspicious",
+        "Threatscore score 34.0 % (suspicious) from 4 analyses, 1 of which agrees",
+        ("Low", "Low", 40),
+    ),
     judgement(
         "fa37dea14f2060eb63355a0409c6e5f64a55ccac30ee42b0a6237740a1f13304",
         1,
         "Clean",
-        "Engine: aa01aa01aa01aa01aa01aa01aa01aa01",
+        "Threatscore engine aa01aa01 on 2021-06-14: 0.0 % (clean)",
+        ("Info", "Low", 20),
     ),
     judgement(
         "996b34e5d95d4bb7291adc4e0fe5c5ddeaf5218b664cb89041a9d2e2fc699840",
         2,
         "Malicious",
-        "Engine: bb02bb02bb02bb02bb02bb02bb02bb02",
+        "Threatscore engine bb02bb02 on 2021-06-14: 90.0 % (malicious)",
+        ("High", "Low", 85),
     ),
     judgement(
         "077a292feaf64b73898a232dc433c978c731d8b6bd67caa1041ee5033a74f36f",
         3,
         "Suspicious",
-        "Engine: cc03cc03cc03cc03cc03cc03cc03cc03",
+        "Threatscore engine cc03cc03 on 2021-06-14: 50.0 % (suspicious)",
+        ("Low", "Low", 40),
     ),
     judgement(
         "e2004346f326303f235a5c4b2130d9148932144e9239e0ce1c8c5be0a3932613",
         1,
         "Clean",
-        "Engine: dd04dd04dd04dd04dd04dd04dd04dd04",
+        "Threatscore engine dd04dd04 on 2021-06-14: 17.5 % (clean)",
+        ("Info", "Low", 20),
     ),
 ]
 EXPECTED_VERDICTS = [
@@ -123,10 +135,10 @@ def test_history_judges_every_entry_newest_first_and_skips_null_scores():
     assert entities.verdicts[0]["valid_time"]["start_time"] == "2021-09-09T09:09:09.000Z"
     reasons = [j["reason"] for j in entities.judgements]
     assert reasons == [
-        "Threatscore score 0.80 (malicious)",
-        f"Engine: {'ee05' * 8}",  # 2021, 0.95
-        f"Engine: {'ff06' * 8}",  # 2021, -0.2
-        f"Engine: {'ee05' * 8}",  # 2020, 0.1
+        "Threatscore score 80.0 % (malicious) from 2 analyses, 1 of which agrees",
+        "Threatscore engine ee05ee05 on 2021-09-09: 95.0 % (malicious)",
+        "Threatscore engine ff06ff06 on 2021-09-09: -20.0 % (clean)",
+        "Threatscore engine ee05ee05 on 2020-01-05: 10.0 % (clean)",
     ]
     assert [j["disposition_name"] for j in entities.judgements] == [
         "Malicious",
@@ -144,7 +156,7 @@ def test_legacy_string_scores_and_date_only_dates():
     entities = map_answer(observable, parse_score_answer(answers.LEGACY_2018), OPTIONS, NOW)
     assert entities.verdicts[0]["disposition_name"] == "Malicious"
     assert entities.verdicts[0]["valid_time"]["start_time"] == "2018-10-12T00:00:00.000Z"
-    assert entities.judgements[1]["reason"] == f"Engine: {'ab12' * 8}"
+    assert entities.judgements[1]["reason"] == "Threatscore engine ab12ab12 on 2018-10-12: 99.0 % (malicious)"
 
 
 def test_negative_scores_are_clean():
@@ -188,7 +200,11 @@ def test_entities_limit_keeps_the_newest_and_the_verdicts_judgement():
     entities = map_answer(IP, parse_score_answer(many), options, NOW)
     assert len(entities.judgements) == 4
     assert entities.verdicts[0]["judgement_id"] == entities.judgements[0]["id"]
-    assert [j["reason"] for j in entities.judgements[1:]] == [f"Engine: {i:032x}" for i in range(3)]
+    # The first three engines (ids 0, 1, 2: their short forms alike), in the answer's order.
+    assert [j["reason"] for j in entities.judgements[1:]] == [
+        f"Threatscore engine 00000000 on 2021-06-14: {percent} (clean)"
+        for percent in ("0.0 %", "10.0 %", "20.0 %")
+    ]
 
 
 def test_search_url_query_encodes_the_value():
@@ -196,3 +212,14 @@ def test_search_url_query_encodes_the_value():
         search_url("https://ui.test", "a b&c=d/e?f#g")
         == "https://ui.test/search?query=a%20b%26c%3Dd%2Fe%3Ff%23g"
     )
+
+
+def test_an_engine_repeated_in_an_entry_is_one_analysis_and_one_judgement():
+    repeated = answers.with_scores(0.9, 0.9, aggregate=0.9)
+    repeated["scores"][0]["details"][1]["engineId"] = repeated["scores"][0]["details"][0]["engineId"]
+    entities = map_answer(IP, parse_score_answer(repeated), OPTIONS, NOW)
+    check_answer({"data": {"judgements": {"count": len(entities.judgements), "docs": entities.judgements}}})
+    assert [j["reason"] for j in entities.judgements] == [
+        "Threatscore score 90.0 % (malicious) from 1 analysis, which agrees",
+        "Threatscore engine 00000000 on 2021-06-14: 90.0 % (malicious)",
+    ]

@@ -49,13 +49,17 @@ def test_the_verdict_comes_from_the_level_and_names_the_aggregate_judgement():
             "judgement_id": aggregate["id"],
         }
     ]
-    assert aggregate["reason"] == "Threatscore score 81.2 % (malicious); categories: phishing, malicious_host"
+    assert aggregate["reason"] == (
+        "Threatscore score 81.2 % (malicious) from 2 analyses, 1 of which agrees;"
+        " categories: phishing, malicious_host, blocklist, compromise"
+    )
     assert aggregate["source"] == "Threatscore Cyberprotect"
     assert aggregate["source_uri"] == "https://ui.threatscore.test/search?query=203.0.113.5"
-    assert (aggregate["priority"], aggregate["confidence"], aggregate["severity"], aggregate["tlp"]) == (
+    # Malicious at 81 %: High; one of its two analyses contradicts it: Low confidence.
+    assert (aggregate["severity"], aggregate["confidence"], aggregate["priority"], aggregate["tlp"]) == (
+        "High",
+        "Low",
         85,
-        "Medium",
-        "Medium",
         "white",
     )
 
@@ -63,8 +67,16 @@ def test_the_verdict_comes_from_the_level_and_names_the_aggregate_judgement():
 def test_analysis_rows_with_a_score_are_judged_newest_first_and_informational_rows_skipped():
     judgements = mapped(answers.V3_FOUND).judgements[1:]
     assert [(j["reason"], j["disposition_name"], j["valid_time"]["start_time"]) for j in judgements] == [
-        (f"Analysis: {'1a2b' * 8}", "Malicious", "2025-03-02T10:20:30.000Z"),
-        (f"Analysis: {'1a2b' * 8}", "Suspicious", "2024-11-05T08:00:00.000Z"),
+        (
+            "Threatscore analysis 1a2b1a2b on 2025-03-02: 81.2 % (malicious)",
+            "Malicious",
+            "2025-03-02T10:20:30.000Z",
+        ),
+        (
+            "Threatscore analysis 1a2b1a2b on 2024-11-05: 40.0 % (suspicious)",
+            "Suspicious",
+            "2024-11-05T08:00:00.000Z",
+        ),
     ]
     # The same scorer on two dates: two judgements, two ids.
     assert judgements[0]["id"] != judgements[1]["id"]
@@ -76,25 +88,51 @@ def test_rows_arriving_oldest_first_are_still_judged_newest_first():
     assert dates == ["2025-03-02T10:20:30.000Z", "2024-11-05T08:00:00.000Z"]
 
 
-def test_one_indicator_per_category_and_per_true_flag_with_english_names():
+def test_one_indicator_per_category_and_per_true_flag_in_plain_words():
     indicators = mapped(answers.V3_FOUND).indicators
-    assert [(i["title"], i["tags"][0]) for i in indicators] == [
-        ("Threatscore category: phishing", "phishing"),
-        ("Threatscore category: malicious_host", "malicious_host"),
-        ("Threatscore indicator: blocklist", "blocklist"),
-        ("Threatscore indicator: compromise", "compromise"),  # `compromission` in Threatscore's words
+    assert [(i["title"], i["tags"][0], i["severity"], i["confidence"]) for i in indicators] == [
+        ("Threatscore: Phishing", "phishing", "High", "Medium"),
+        ("Threatscore: Malicious host", "malicious_host", "Medium", "Medium"),
+        ("Threatscore: On a blocklist", "blocklist", "Low", "Medium"),
+        # `compromission` in Threatscore's words
+        ("Threatscore: Compromised host", "compromise", "Medium", "Medium"),
     ]
+    assert indicators[0]["short_description"] == (
+        "Used for phishing: pages or mail that steal credentials or payments."
+    )
+    assert indicators[3]["description"].startswith("Threatscore considers this observable compromised")
     for indicator in indicators:
         assert indicator["producer"] == "Threatscore Cyberprotect"
         assert indicator["valid_time"] == {
             "start_time": "2026-11-28T12:00:00.000Z",
             "end_time": "2026-12-05T12:00:00.000Z",
         }
-        assert (indicator["tlp"], indicator["confidence"], indicator["severity"]) == (
-            "white",
-            "Medium",
-            "Medium",
-        )
+        assert indicator["tlp"] == "white"
+
+
+def test_a_category_and_a_flag_that_name_the_same_thing_are_one_indicator():
+    threatscore = {
+        "value": 0.7,
+        "level": "malicious",
+        "categories": ["blocklist", "scanner", "compromised"],
+        "indicators": {"blocklist": True, "attack": False, "scan": True, "compromission": True},
+    }
+    entities = mapped({**answers.V3_FOUND, "threatscore": threatscore})
+    assert [i["tags"][0] for i in entities.indicators] == ["blocklist", "scanner", "compromise"]
+    # The one indicator says both: Threatscore's category and its flag.
+    assert "its category `blocklist`, its flag `blocklist`, or both" in entities.indicators[0]["description"]
+    assert "its category `scanner`, its flag `scan`, or both" in entities.indicators[1]["description"]
+    as_answer(entities)
+
+
+def test_an_unknown_category_still_reads_as_a_sentence():
+    threatscore = {"value": 0.7, "level": "malicious", "categories": ["crypto_mining"]}
+    [indicator] = mapped({"threatscore": threatscore}).indicators
+    assert indicator["title"] == "Threatscore: Crypto mining"
+    assert indicator["short_description"] == "Threatscore marks it as crypto mining."
+    assert indicator["description"].startswith("Threatscore marks this observable as crypto mining")
+    # Nothing known of what is at stake: Unknown, and Low confidence.
+    assert (indicator["severity"], indicator["confidence"]) == ("Unknown", "Low")
 
 
 def test_a_false_flag_gives_no_indicator():
@@ -109,9 +147,11 @@ def test_indicator_ids_are_the_same_for_every_observable_and_request():
     first = mapped(answers.V3_FOUND, IP)
     other = mapped(answers.V3_FOUND, URL, now=datetime(2027, 1, 1, tzinfo=UTC))
     assert [i["id"] for i in first.indicators] == [i["id"] for i in other.indicators]
-    assert first.indicators[0]["id"] == transient_id("indicator", "category", "phishing")
-    # A category and a flag of the same name are different indicators.
-    assert transient_id("indicator", "category", "blocklist") != first.indicators[2]["id"]
+    assert first.indicators[0]["id"] == transient_id("indicator", "concept", "phishing")
+    # The same text too: an indicator is its concept's own, whoever has it.
+    assert [(i["title"], i["description"], i["severity"]) for i in first.indicators] == [
+        (i["title"], i["description"], i["severity"]) for i in other.indicators
+    ]
 
 
 def test_judgement_sighting_and_relationship_ids_are_deterministic():
@@ -123,6 +163,12 @@ def test_judgement_sighting_and_relationship_ids_are_deterministic():
 
 def test_the_sighting_says_when_and_what_threatscore_saw():
     sighting = mapped(answers.V3_FOUND, URL).sightings[0]
+    assert sighting["title"] == "Seen by Threatscore between 2024-11-05 and 2025-03-02"
+    assert sighting["short_description"] == (
+        "Threatscore's observation: it saw this observable between 2024-11-05 and 2025-03-02."
+    )
+    # The observable's own rating: Malicious at 81 %, its analyses disagreeing.
+    assert (sighting["severity"], sighting["confidence"]) == ("High", "Low")
     assert sighting["observed_time"] == {
         "start_time": "2024-11-05T08:00:00.000Z",
         "end_time": "2025-03-02T10:20:30.000Z",
@@ -151,7 +197,6 @@ def test_the_sighting_says_when_and_what_threatscore_saw():
     [
         ({"first_seen": "2024-01-01"}, ("2024-01-01T00:00:00.000Z", "2024-01-01T00:00:00.000Z")),
         ({"last_seen": "2025-05-05T05:05:05Z"}, ("2025-05-05T05:05:05.000Z", "2025-05-05T05:05:05.000Z")),
-        ({}, ("2026-11-28T12:00:00.000Z", "2026-11-28T12:00:00.000Z")),  # the lookup time
         # Upstream's order mixed up: start still before end.
         (
             {"first_seen": "2025-01-02", "last_seen": "2025-01-01"},
@@ -165,6 +210,20 @@ def test_observed_time_when_a_date_is_missing(seen, expected):
     assert (observed["start_time"], observed["end_time"]) == expected
     assert "data" not in entities.sightings[0]  # Threatscore said nothing of where or whose
     as_answer(entities)
+
+
+def test_no_sighting_where_threatscore_does_not_say_when_it_saw_the_value():
+    entities = mapped({**answers.V3_FOUND, "observable": {"geo": {"country_name": "France"}}})
+    assert entities.sightings == []
+    assert {r["relationship_type"] for r in entities.relationships} == {"based-on"}
+    as_answer(entities)
+
+
+def test_a_clean_observables_sighting_is_not_medium_or_high():
+    entities = mapped({**answers.V3_SAFE_BARE, "observable": {"last_seen": "2026-11-01"}})
+    [sighting] = entities.sightings
+    assert sighting["severity"] == "Info"
+    assert sighting["title"] == "Seen by Threatscore on 2026-11-01"
 
 
 def test_relationships_tie_the_sighting_and_the_aggregate_to_each_indicator():
@@ -183,12 +242,15 @@ def test_epoch_milliseconds_and_an_unknown_level_word():
     as_answer(entities)
     # "Dangerous-ish" is not one of Threatscore's three words: the score's bucket decides (0.3).
     assert entities.verdicts[0]["disposition_name"] == "Suspicious"
-    assert entities.judgements[0]["reason"] == "Threatscore score 30.0 % (dangerous-ish)"
+    assert (
+        entities.judgements[0]["reason"]
+        == "Threatscore score 30.0 % (dangerous-ish) from 1 analysis, which agrees; categories: scanner"
+    )
     assert entities.sightings[0]["observed_time"] == {
         "start_time": "2023-11-14T22:13:20.000Z",
         "end_time": "2024-03-09T16:00:00.123Z",
     }
-    assert [i["title"] for i in entities.indicators] == ["Threatscore indicator: scan"]
+    assert [i["title"] for i in entities.indicators] == ["Threatscore: Scanner"]
 
 
 @pytest.mark.parametrize(
@@ -211,9 +273,14 @@ def test_verdict_from_level_else_from_the_score(threatscore, disposition):
 
 
 def test_an_unknown_level_without_a_score_gives_no_verdict_but_still_a_sighting():
-    entities = mapped({"threatscore": {"level": "pending", "categories": ["spam"]}})
+    body = {
+        "threatscore": {"level": "pending", "categories": ["spam"]},
+        "observable": {"first_seen": "2026-01-01"},
+    }
+    entities = mapped(body)
     assert entities.verdicts == [] and entities.judgements == []
     assert len(entities.sightings) == 1 and len(entities.indicators) == 1
+    assert entities.sightings[0]["severity"] == "Unknown"  # no verdict: nothing said of the stake
     assert [r["relationship_type"] for r in entities.relationships] == ["sighting-of"]
     as_answer(entities)
 
@@ -251,3 +318,12 @@ def test_values_from_upstream_stay_within_ctim_bounds():
     as_answer(entities)
     assert len(entities.judgements[0]["reason"]) <= 1024
     assert all(len(i["title"]) <= 1024 for i in entities.indicators)
+
+
+def test_a_repeated_analysis_row_is_counted_and_judged_once():
+    row = {"id": "9a9b" * 8, "date": "2026-11-27", "score": 0.9}
+    entities = mapped({"threatscore": {"value": 0.9, "level": "malicious"}, "analysis": [row, row]})
+    assert [j["reason"] for j in entities.judgements] == [
+        "Threatscore score 90.0 % (malicious) from 1 analysis, which agrees",
+        "Threatscore analysis 9a9b9a9b on 2026-11-27: 90.0 % (malicious)",
+    ]
