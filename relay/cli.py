@@ -32,7 +32,7 @@ from relay.errors import RelayError
 from relay.handlers import RequestContext
 from relay.logs import redact
 from relay.observables import TYPES_BY_API
-from relay.schemas import INVALID_VALUE, UNSUPPORTED_TYPE, parse_observables
+from relay.schemas import INTERNAL, INVALID_VALUE, UNSUPPORTED_TYPE, parse_observables
 from relay.threatscore import ScoreSource
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -212,6 +212,7 @@ def run_lookup(args: argparse.Namespace) -> int:
             settings.max_value_length,
             TYPES_BY_API[settings.threatscore_api],
             dropped,
+            settings.lookup_internal,
         )
     except RelayError as error:
         raise UsageError(error.message) from None
@@ -300,6 +301,7 @@ class Row:
 DROP_WORDS = {
     UNSUPPORTED_TYPE: "not looked up: this relay does not support the type",
     INVALID_VALUE: "not looked up: not a valid value for the type",
+    INTERNAL: "not looked up: internal, never sent to Threatscore (RELAY_LOOKUP_INTERNAL=true sends it)",
 }
 
 
@@ -499,6 +501,8 @@ def format_setting(value: Any) -> str:
     """A setting's value as one would write it in its variable (`3,5`, `a,b`, `3600`); unset: empty."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(format_setting(part) for part in value)
     if isinstance(value, float):

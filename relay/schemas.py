@@ -19,6 +19,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError, cleaned
+from relay.internal import is_internal
 from relay.observables import SUPPORTED_TYPES, Observable, canonical_value
 
 # --- The caller's observables -------------------------------------------------
@@ -38,6 +39,7 @@ _OBSERVABLES = ObservableSchema(many=True)
 # Why an observable of the request is left out (counted in the request's log line).
 UNSUPPORTED_TYPE = "unsupported type"
 INVALID_VALUE = "invalid value"
+INTERNAL = "internal"  # what can only be internal (relay.internal) is never sent to Threatscore
 
 
 def parse_observables(
@@ -46,12 +48,15 @@ def parse_observables(
     max_value_length: int,
     supported_types: Collection[str] = SUPPORTED_TYPES,
     dropped: list[tuple[int, str]] | None = None,
+    lookup_internal: bool = False,
 ) -> list[Observable]:
     """The valid, distinct observables of `supported_types` (those of the configured API:
-    `observables.TYPES_BY_API`) in a request body, in input order.
+    `observables.TYPES_BY_API`) in a request body, in input order; what can only be internal
+    (`relay.internal`) only with `lookup_internal` (RELAY_LOOKUP_INTERNAL).
 
-    `dropped`, when given, receives `(index, reason)` for each item left out as unsupported
-    or invalid (`UNSUPPORTED_TYPE`, `INVALID_VALUE`); exact repeats are not drops.
+    `dropped`, when given, receives `(index, reason)` for each item left out as unsupported,
+    invalid or internal (`UNSUPPORTED_TYPE`, `INVALID_VALUE`, `INTERNAL`); exact repeats are
+    not drops.
     """
     dropped = [] if dropped is None else dropped
     try:
@@ -93,6 +98,9 @@ def parse_observables(
             dropped.append((index, INVALID_VALUE))
             continue
         observable = Observable(observable_type, item["value"], lookup_value)
+        if not lookup_internal and is_internal(observable):
+            dropped.append((index, INTERNAL))
+            continue
         if (observable.type, observable.value) in seen:
             continue
         seen.add((observable.type, observable.value))
