@@ -33,6 +33,7 @@ from relay.handlers import RequestContext
 from relay.logs import redact
 from relay.observables import TYPES_BY_API
 from relay.schemas import INTERNAL, INVALID_VALUE, UNSUPPORTED_TYPE, parse_observables
+from relay.text import escaped
 from relay.threatscore import ScoreSource
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -119,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {escaped(str(error))}", file=sys.stderr)
         return USAGE
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {escaped(str(error))}", file=sys.stderr)
         return USAGE
 
 
@@ -178,7 +179,7 @@ def _log_to_stderr(level: str) -> None:
 
 class _RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return escaped(redact(super().format(record)), keep="\n")
 
 
 # --- lookup ------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def run_lookup(args: argparse.Namespace) -> int:
         answer = handlers.observe(observables, context)
         references = handlers.refer(observables, context)["data"]
     if args.json:
-        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        print(escaped_json(json.dumps(answer, indent=2, ensure_ascii=False)))
     else:
         rows = _rows(items, dropped, observables, answer, references)
         print(render_table(rows))
@@ -394,9 +395,21 @@ COLUMNS = (
 )
 
 
+def escaped_json(text: str) -> str:
+    """JSON text with each character that is not printable written as a JSON escape: the same
+    JSON, and nothing in it acts on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == "\n" else json.dumps(char, ensure_ascii=True)[1:-1]
+        for char in text
+    )
+
+
 def render_table(rows: Iterable[Row]) -> str:
-    """One line per observable; a failed one shows its error instead of its verdict."""
-    rows = list(rows)
+    """One line per observable; a failed one shows its error instead of its verdict. What
+    the table did not write itself (a value as typed) is shown escaped, never obeyed."""
+    rows = [Row(**{name: escaped(value) for name, value in vars(row).items()}) for row in rows]
     widths = {name: len(title) for name, title in COLUMNS}
     for row in rows:
         if not row.error:
@@ -477,11 +490,10 @@ def run_health(_args: argparse.Namespace) -> int:
     answer = build_relay(settings).health(RequestContext.start(settings))
     if answer.get("errors"):
         for error in answer["errors"]:
-            print(f"{error['code']}: {error['message']}")
+            print(escaped(f"{error['code']}: {error['message']}"))
         return FAILED
-    print(
-        f"ok: Threatscore answered at {settings.threatscore_api_url} (looked up {settings.health_observable})"
-    )
+    probe = f"looked up {settings.health_observable}"
+    print(escaped(f"ok: Threatscore answered at {settings.threatscore_api_url} ({probe})"))
     return OK
 
 
@@ -493,7 +505,7 @@ def run_settings(_args: argparse.Namespace) -> int:
         value = getattr(settings, item.field)
         shown = ("set" if value else "unset") if item.secret else format_setting(value) or "(not set)"
         default = " (default)" if value == item.default else ""
-        print(f"{item.env.ljust(width)}  {shown}{default}")
+        print(f"{item.env.ljust(width)}  {escaped(shown)}{default}")
     return OK
 
 

@@ -7,6 +7,8 @@ vocabulary and a plain-words message. They are answered with HTTP 200 inside
 
 from __future__ import annotations
 
+from relay.text import cleaned  # noqa: F401 - where upstream words quoted in messages are cleaned
+
 
 class RelayError(Exception):
     code = "unknown"
@@ -100,21 +102,6 @@ class AnswerTooLargeError(RelayError):
 
     code = "answer too large"
     error_type = "warning"
-
-
-# Upstream words quoted in a message are cut to this many characters.
-QUOTE_LIMIT = 200
-
-
-def cleaned(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """Text from upstream made fit to quote: one line of printable characters (controls,
-    lone surrogates and runs of white space become one space), at most `limit` characters."""
-    words = "".join(
-        char if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF else " "
-        for char in text[: limit * 4]
-    )
-    words = " ".join(words.split())
-    return words if len(words) <= limit else words[: limit - 1] + "…"
 
 
 def envelope(errors: list[RelayError], data: dict | list | None = None) -> dict:

@@ -18,9 +18,10 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError, cleaned
+from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError
 from relay.internal import is_internal
 from relay.observables import SUPPORTED_TYPES, Observable, canonical_value
+from relay.text import cleaned
 
 # --- The caller's observables -------------------------------------------------
 
@@ -184,10 +185,12 @@ class FlexibleScore(fields.Field):
 
 
 class UpstreamText(fields.String):
-    """A string from Threatscore, cut to MAX_UPSTREAM_TEXT characters."""
+    """A string from Threatscore as the relay keeps it: cleaned of what would act on whoever
+    shows it (escape sequences, controls, bidi overrides: `relay.text.cleaned`), at most
+    MAX_UPSTREAM_TEXT characters. Every string of both APIs' answers enters the relay here."""
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
-        return super()._deserialize(value, attr, data, **kwargs)[:MAX_UPSTREAM_TEXT]
+        return cleaned(super()._deserialize(value, attr, data, **kwargs), MAX_UPSTREAM_TEXT)
 
 
 def _upstream_error_message(body: dict) -> str:

@@ -147,6 +147,28 @@ def test_lookup_lists_what_the_relay_leaves_out_and_exits_1(catalogue, capsys):
     assert "Clean" in rows["example.com"]
 
 
+def test_lookup_never_sends_internal_values_unless_told(catalogue, capsys, monkeypatch):
+    internal = ("10.0.0.1", "domain:intranet", "http://intranet.local/")
+    status, out, _ = run(capsys, "lookup", "198.51.100.7", *internal)
+
+    assert status == 1  # left out, as an unsupported type is
+    rows = table_rows(out)
+    for value in ("10.0.0.1", "intranet", "http://intranet.local/"):
+        assert "not looked up: internal, never sent to Threatscore" in rows[value]
+        assert "RELAY_LOOKUP_INTERNAL=true" in rows[value]
+    assert "Malicious" in rows["198.51.100.7"]
+    assert catalogue.total_calls == 1 and catalogue.calls_for("198.51.100.7") == 1
+
+    monkeypatch.setenv("RELAY_LOOKUP_INTERNAL", "true")
+    status, out, _ = run(capsys, "lookup", *internal)
+    assert status == 0 and "not looked up" not in out
+    assert [catalogue.calls_for(value) for value in ("10.0.0.1", "intranet", "http://intranet.local/")] == [
+        1,
+        1,
+        1,
+    ]
+
+
 @pytest.mark.parametrize(
     "argv", [["lookup"], ["lookup", "foo bar"], ["lookup", "--file", "/nonexistent/file"]]
 )
