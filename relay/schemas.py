@@ -440,7 +440,7 @@ def parse_v3_answer(body: Any) -> V3Answer | None:
         "score": threatscore["value"],
         "level": threatscore["level"].strip().lower() if threatscore["level"] else None,
         "categories": list(dict.fromkeys(name for name in threatscore["categories"] if name.strip())),
-        "flags": [name for name, value in threatscore["indicators"].items() if value is True],
+        "flags": [name for name, value in threatscore["indicators"].items() if value is True and name],
         "country": geo.get("country_name"),
         "city": geo.get("city_name"),
         "asn": owner.get("asn"),

@@ -175,3 +175,35 @@ def test_the_catalogue_entry_is_hostile_in_both_apis():
     entry = BY_VALUE[HOSTILE]
     for body in (entry.v3.body, entry.score.body):
         assert [text for text in strings_in(body) if unsafe(text)]
+
+
+@pytest.mark.parametrize("api", ["v3", "score"])
+def test_every_string_of_a_parsed_answer_is_clean(api):
+    from relay.schemas import parse_score_answer, parse_v3_answer
+
+    entry = BY_VALUE[HOSTILE]
+    parsed = parse_v3_answer(entry.v3.body) if api == "v3" else parse_score_answer(entry.score.body)
+    texts = strings_in(parsed)
+    assert texts and not [text for text in texts if unsafe(text) or text != cleaned(text, 256)]
+    if api == "v3":
+        assert parsed["level"] == "malicious"  # its colours gone, the word is Threatscore's again
+        assert parsed["flags"] == ["attack", "scan"]
+        assert parsed["tags"] == ["dns", "bell"]  # a tag of escapes only is no tag
+    else:
+        assert parsed["scores"][0]["level"] == "malicious"
+        assert [engine["engineId"] for engine in parsed["scores"][0]["details"]] == [
+            "blocklists",
+            "honeypots",
+        ]
+
+
+def test_a_required_string_made_only_of_escapes_is_a_format_error():
+    from relay.errors import UpstreamFormatError
+    from relay.schemas import parse_v3_answer
+
+    body = {
+        "threatscore": {"value": 0.5, "level": "suspicious"},
+        "analysis": [{"id": "\x1b[2J\u202e", "date": "2026-01-01T00:00:00Z", "score": 0.5}],
+    }
+    with pytest.raises(UpstreamFormatError, match="analysis"):
+        parse_v3_answer(body)
