@@ -10,7 +10,8 @@ bidirectional controls (U+202A-U+202E, U+2066-U+2069) reorder what follows.
   answer, as it enters the relay in `relay.schemas`, and upstream words quoted
   in error messages): escape sequences dropped whole, controls and line breaks
   made spaces, format characters (bidi controls, zero-width characters) and
-  unassigned or private-use code points dropped, runs of blanks made one.
+  unassigned or private-use code points dropped, a lone surrogate made U+FFFD,
+  runs of blanks made one.
 - `escaped`: what the command line shows of any text it did not make itself
   (a value the user typed): each such character spelled out (`\\x1b`, `\\u202e`).
 """
@@ -33,8 +34,11 @@ _ESCAPE_SEQUENCE = re.compile(
 )
 # Characters that become a space: controls (C0, DEL, C1) and separators other than the space.
 _AS_SPACE = frozenset({"Cc", "Zs", "Zl", "Zp"})
-# The other characters that are not printable go: format characters (bidi controls,
-# zero-width ones, the BOM...), lone surrogates, private-use and unassigned code points.
+# A lone surrogate (text that was not valid UTF-16/UTF-8 upstream) shows as U+FFFD, as any
+# decoder shows an invalid sequence. The other characters that are not printable go:
+# format characters (bidi controls, zero-width ones, the BOM...), private-use and
+# unassigned code points.
+_REPLACEMENT = "\ufffd"
 
 
 def cleaned(text: str, limit: int = QUOTE_LIMIT) -> str:
@@ -49,10 +53,13 @@ def cleaned(text: str, limit: int = QUOTE_LIMIT) -> str:
 
 
 def _visible(char: str) -> str:
-    # Python's "not printable" is exactly the categories of _AS_SPACE and _DROPPED (but " ").
+    # Python's "not printable" is exactly these categories and the ones dropped (but " ").
     if char.isprintable():
         return char
-    return " " if unicodedata.category(char) in _AS_SPACE else ""
+    category = unicodedata.category(char)
+    if category in _AS_SPACE:
+        return " "
+    return _REPLACEMENT if category == "Cs" else ""
 
 
 def escaped(text: str, keep: str = "") -> str:

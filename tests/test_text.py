@@ -58,7 +58,7 @@ def strings_in(value) -> list[str]:
         ("line\u2028two\u2029three", "line two three"),  # line and paragraph separators
         ("tab\there\nnew\x0bline\x0c", "tab here new line"),
         ("bell\x07 del\x7f nul\x00", "bell del nul"),
-        ("lone \ud800 surrogate", "lone surrogate"),
+        ("lone \ud800 surrogate", "lone \ufffd surrogate"),  # shown as a decoder shows it
         ("private \ue000 use", "private use"),
         ("\x1b[", ""),  # an unfinished sequence: the escape goes
         ("Amsterdam", "Amsterdam"),
