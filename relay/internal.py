@@ -23,6 +23,7 @@ RELAY_LOOKUP_INTERNAL is set.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import unicodedata
 from urllib.parse import urlsplit
@@ -49,6 +50,10 @@ _IPV4_INTERNAL = tuple(
 )
 # Anycast services in 192.0.0.0/24 that IANA lists as globally reachable.
 _IPV4_GLOBAL = tuple(ipaddress.IPv4Network(network) for network in ("192.0.0.9/32", "192.0.0.10/32"))
+# The same as numbers, sorted (the networks do not overlap): a check is one binary search.
+_IPV4_FIRSTS = tuple(sorted(int(net.network_address) for net in _IPV4_INTERNAL))
+_IPV4_LASTS = tuple(sorted(int(net.broadcast_address) for net in _IPV4_INTERNAL))
+_IPV4_GLOBAL_NUMBERS = frozenset(int(net.network_address) for net in _IPV4_GLOBAL)
 
 # Outside global unicast (2000::/3) every IPv6 address is loopback, unspecified,
 # unique-local (fc00::/7), link-local (fe80::/10), site-local, multicast (ff00::/8) or
@@ -89,24 +94,36 @@ def is_internal(observable: Observable) -> bool:
 
 
 def is_internal_address(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv4Address):
-        if any(address in network for network in _IPV4_GLOBAL):
+    number = int(address)
+    if address.version == 4:
+        if number in _IPV4_GLOBAL_NUMBERS:
             return False
-        return any(address in network for network in _IPV4_INTERNAL)
-    embedded = _embedded_ipv4(address)
-    if embedded is not None:
-        return is_internal_address(embedded)
-    if address not in _IPV6_GLOBAL_UNICAST:
+        index = bisect.bisect_right(_IPV4_FIRSTS, number) - 1
+        return index >= 0 and number <= _IPV4_LASTS[index]
+    if _within(number, _IPV4_MAPPED) or _within(number, _NAT64):
+        return is_internal_address(ipaddress.IPv4Address(number & 0xFFFFFFFF))
+    if _within(number, _SIX_TO_FOUR):
+        return is_internal_address(ipaddress.IPv4Address((number >> 80) & 0xFFFFFFFF))
+    if not _within(number, _IPV6_GLOBAL_UNICAST):
         return True
-    return any(address in network for network in _IPV6_INTERNAL_IN_GLOBAL_UNICAST)
+    return any(_within(number, network) for network in _IPV6_INTERNAL_IN_GLOBAL_UNICAST)
+
+
+def _within(number: int, network: ipaddress.IPv6Network) -> bool:
+    """`number in network` for an IPv6 address's number, without building an address."""
+    shift = 128 - network.prefixlen
+    return number >> shift == int(network.network_address) >> shift
 
 
 def is_internal_host(host: str) -> bool:
     """A URL's host or a domain: an address (in any form a browser reads as one), else a name."""
-    text = unicodedata.normalize("NFKC", host.strip()).translate(_DOTS).lower()
+    text = host.strip()
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).translate(_DOTS)
+    text = text.lower()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    address = _address(text) or _whatwg_ipv4(text)
+    address = _address(text) if ":" in text else _whatwg_ipv4(text)
     if address is not None:
         return is_internal_address(address)
     return is_internal_name(text)
@@ -134,17 +151,11 @@ def is_internal_url(url: str) -> bool:
 
 def _address(text: str) -> Address | None:
     try:
-        return ipaddress.ip_address(text.partition("%")[0])  # a zone id says nothing about the address
+        if ":" in text:
+            return ipaddress.IPv6Address(text.partition("%")[0])  # a zone id says nothing of the address
+        return ipaddress.IPv4Address(text)
     except ValueError:
         return None
-
-
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address in _IPV4_MAPPED or address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _SIX_TO_FOUR:
-        return address.sixtofour
-    return None
 
 
 def _whatwg_ipv4(host: str) -> ipaddress.IPv4Address | None:
