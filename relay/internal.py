@@ -188,4 +188,7 @@ def _number(part: str) -> int | None:
         digits, base = part, 10
     if not digits or any(char not in _DIGITS[base] for char in digits):
         return None
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 12:  # past any IPv4 number in any base: not an address (and no huge int)
+        return None
     return int(digits, base)
