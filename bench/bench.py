@@ -443,6 +443,9 @@ def main() -> int:
         "THREATSCORE_API_URL": fake.url,
         "RELAY_AUTH": "none",
         "THREATSCORE_MAX_CONCURRENCY": str(DEFAULT_CONCURRENCY),
+        # The cases look up private (10.0.0.0/8) and benchmarking (198.18.0.0/15) addresses,
+        # which the relay never sends upstream by default.
+        "RELAY_LOOKUP_INTERNAL": "true",
     }
     functions: list[Function] = []
     rows: list[Row] = []

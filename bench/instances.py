@@ -262,7 +262,7 @@ if __name__ == "__main__":  # these cases alone: PYTHONPATH=. .venv/bin/python b
     server = ThreatscoreSimulator(latency=0.1).start()
     try:
         with tempfile.TemporaryDirectory() as logs:
-            env = {"THREATSCORE_API_URL": server.url, "RELAY_AUTH": "none"}
+            env = {"THREATSCORE_API_URL": server.url, "RELAY_AUTH": "none", "RELAY_LOOKUP_INTERNAL": "true"}
             for row in cases_g_h_i_j(server, env, Path(logs)):
                 print(" | ".join(str(cell) for cell in row))
     finally:

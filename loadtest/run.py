@@ -312,6 +312,9 @@ def relay_env(fake: ThreatscoreSimulator, read_timeout: float = 1.0) -> dict[str
         "RELAY_DEADLINE": "5",
         "RELAY_AUTH": "none",
         "LOG_LEVEL": "INFO",
+        # Its values are in the benchmarking range (198.18.0.0/15), which the relay never sends
+        # upstream by default (reserved: it can only be internal).
+        "RELAY_LOOKUP_INTERNAL": "true",
     }
 
 

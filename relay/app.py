@@ -231,6 +231,7 @@ class RelayApp:
             self.settings.max_value_length,
             self.handlers.supported_types,
             request_log.dropped,
+            self.settings.lookup_internal,
         )
         request_log.observables = len(observables)
         if route == "observe/observables":

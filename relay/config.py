@@ -125,6 +125,15 @@ def text(raw: str) -> str:
     return raw
 
 
+def boolean(raw: str) -> bool:
+    word = raw.lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"must be true or false, got {raw!r}")
+
+
 def http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -302,6 +311,8 @@ class Settings:
     max_body_bytes: int = setting("RELAY_MAX_BODY_BYTES", int_from(64, 32 * 1024 * 1024), 1024 * 1024)
     max_observables: int = setting("RELAY_MAX_OBSERVABLES", int_from(1, 10_000), 1000)
     max_value_length: int = setting("RELAY_MAX_VALUE_LENGTH", int_from(8, 8192), 1024)
+    # Send Threatscore what can only be internal (relay.internal) too; by default it is never sent.
+    lookup_internal: bool = setting("RELAY_LOOKUP_INTERNAL", boolean, False)
 
     # Authentication
     relay_auth: str = setting("RELAY_AUTH", auth_mode, "jwks")

@@ -252,21 +252,6 @@ def failure_table(failures: list[type[RelayError]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-# Upstream words quoted in a message are cut to this many characters.
-QUOTE_LIMIT = 200
-
-
-def cleaned(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """Text from upstream made fit to quote: one line of printable characters (controls,
-    lone surrogates and runs of white space become one space), at most `limit` characters."""
-    words = "".join(
-        char if char.isprintable() and not 0xD800 <= ord(char) <= 0xDFFF else " "
-        for char in text[: limit * 4]
-    )
-    words = " ".join(words.split())
-    return words if len(words) <= limit else words[: limit - 1] + "…"
-
-
 def envelope(errors: list[RelayError], data: dict | list | None = None) -> dict:
     """The XDR error answer; `data` (what was gathered) is kept when not empty."""
     body: dict = {"errors": [error.to_entry() for error in errors]}

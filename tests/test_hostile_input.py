@@ -311,14 +311,14 @@ def test_very_many_duplicates_are_one_lookup(threatscore, client):
 
 def test_values_that_are_looked_up_reach_threatscore_encoded(threatscore, client):
     body = [
-        {"type": "ipv6", "value": "fe80::1%eth0"},
+        {"type": "ipv6", "value": "2001:db8::1%eth0"},
         {"type": "domain", "value": "bücher.example"},
         {"type": "ip", "value": " 203.0.113.9 "},
     ]
     call(client, body)
     assert sorted(threatscore.raw_paths) == [
+        "/api/score/2001%3Adb8%3A%3A1",
         "/api/score/203.0.113.9",
-        "/api/score/fe80%3A%3A1",
         "/api/score/xn--bcher-kva.example",
     ]
 

@@ -304,6 +304,37 @@ def test_no_line_is_longer_than_the_bound():
     assert "more characters" in json.loads(lines[0])["message"]
 
 
+# Characters a log viewer would obey: JSON escapes the C0 controls, not these.
+ACTING = ("\u202e", "\u2066", "\x9b", "\x9d", "\x7f", "\u2028", "\u200b")
+
+
+def test_no_line_carries_a_character_that_acts_on_its_reader():
+    lines = [
+        format_line("quoted: %s", ("abc\u202edef\x9b2J",)),
+        format_line(path="/observe\u2066x\u2069", nested={"k\x9d": ["\x7fv\u2028"]}),
+        format_line(error="\x1b]52;c;eA==\x07\u200b"),
+    ]
+    for line in lines:
+        assert line.isprintable() and not any(char in line for char in ACTING), line
+    assert json.loads(lines[0])["message"] == "quoted: abc\\u202edef\\x9b2J"
+    assert json.loads(lines[1])["path"] == "/observe\\u2066x\\u2069"
+    assert format_line("plain words") == format_line("plain words")  # the short path still serves
+
+
+def test_a_path_with_bidi_overrides_and_c1_controls_reaches_the_log_spelled_out(launch_relay, http):
+    relay = launch_relay()
+    response = http.post(f"{relay.url}/observe%E2%80%AEslbavresbo%C2%9B2J", json=[], timeout=30)
+    assert response.status_code == 404
+
+    from tests.hostile_servers import wait_until
+
+    assert wait_until(lambda: any(record["logger"] == "relay.request" for record in relay.log_records()))
+    stdout = relay.stdout_path.read_text(encoding="utf-8")
+    assert not any(char in stdout for char in ACTING)
+    (record,) = [record for record in relay.log_records() if record["logger"] == "relay.request"]
+    assert record["path"] == "/observe\\u202eslbavresbo\\x9b2J"
+
+
 def test_the_request_log_of_the_real_process_redacts_its_path_and_refuses_made_up_execution_ids(
     launch_relay, http
 ):

@@ -33,7 +33,8 @@ from relay.handlers import Handlers, RequestContext
 from relay.logs import redact
 from relay.lookup import Lookup, Outcome
 from relay.observables import TYPES, TYPES_BY_API
-from relay.schemas import INVALID_VALUE, UNSUPPORTED_TYPE, parse_observables
+from relay.schemas import INTERNAL, INVALID_VALUE, UNSUPPORTED_TYPE, parse_observables
+from relay.text import escaped
 from relay.threatscore import AnswerSource
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -64,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {escaped(str(error))}", file=sys.stderr)
         return USAGE
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {escaped(str(error))}", file=sys.stderr)
         return USAGE
 
 
@@ -144,7 +145,7 @@ def _log_to_stderr(level: str) -> None:
 
 class _RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return escaped(redact(super().format(record)), keep="\n")
 
 
 # --- lookup ------------------------------------------------------------------------
@@ -189,6 +190,7 @@ def run_lookup(args: argparse.Namespace) -> int:
             settings.max_value_length,
             TYPES_BY_API[settings.threatscore_api],
             dropped,
+            settings.lookup_internal,
         )
     except RelayError as error:  # more values than RELAY_MAX_OBSERVABLES
         raise UsageError(error.message) from None
@@ -208,9 +210,9 @@ def run_lookup(args: argparse.Namespace) -> int:
 
     left_out = [row for row in batch.rows if row is not None]
     if args.json:
-        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        print(escaped_json(json.dumps(answer, indent=2, ensure_ascii=False)))
         for row in left_out:  # not in the body: said on standard error
-            print(f"not looked up: {row.observable}: {row.message}", file=sys.stderr)
+            print(escaped(f"not looked up: {row.observable}: {row.message}"), file=sys.stderr)
     else:
         kept = [index for index in range(len(batch.request)) if index not in drops]  # as `observables`
         looked_up = {
@@ -255,6 +257,8 @@ def _drop_reason(reason: str, observable_type: str, settings: Settings) -> str:
     """Why the relay's parsing left a value out, as the table says it."""
     if reason == INVALID_VALUE:
         return f"not a valid value for the type {observable_type}"
+    if reason == INTERNAL:
+        return "internal, never sent to Threatscore (RELAY_LOOKUP_INTERNAL=true sends it)"
     if reason != UNSUPPORTED_TYPE:
         return reason
     api = settings.threatscore_api
@@ -277,11 +281,10 @@ def run_health(_args: argparse.Namespace) -> int:
     answer = build_relay(settings).handlers.health(RequestContext.start(settings))
     if answer.get("errors"):
         for error in answer["errors"]:
-            print(f"{error['code']}: {error['message']}")
+            print(escaped(f"{error['code']}: {error['message']}"))
         return FAILED
-    print(
-        f"ok: Threatscore answered at {settings.threatscore_api_url} (looked up {settings.health_observable})"
-    )
+    probe = f"looked up {settings.health_observable}"
+    print(escaped(f"ok: Threatscore answered at {settings.threatscore_api_url} ({probe})"))
     return OK
 
 
@@ -293,7 +296,7 @@ def run_settings(_args: argparse.Namespace) -> int:
         value = getattr(settings, item.field)
         shown = ("set" if value else "unset") if item.secret else format_setting(value) or "(not set)"
         default = " (default)" if value == item.default else ""
-        print(f"{item.env.ljust(width)}  {shown}{default}")
+        print(f"{item.env.ljust(width)}  {escaped(shown)}{default}")
     return OK
 
 
@@ -301,6 +304,8 @@ def format_setting(value: Any) -> str:
     """A setting's value as one would write it in its variable (`3,5`, `a,b`, `3600`); unset: empty."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(format_setting(part) for part in value)
     if isinstance(value, float):
@@ -322,3 +327,14 @@ COMMANDS: tuple[Command, ...] = (
         module_type.run,
     ),
 )
+
+
+def escaped_json(text: str) -> str:
+    """JSON text with each character that is not printable written as a JSON escape: the same
+    JSON, and nothing in it acts on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == "\n" else json.dumps(char, ensure_ascii=True)[1:-1]
+        for char in text
+    )

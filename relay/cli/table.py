@@ -17,11 +17,12 @@ import shutil
 import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from relay.mapping.facts import answer_facts
 from relay.observables import Observable
+from relay.text import escaped
 
 ANSWERED, FAILED, NOT_LOOKED_UP = "answered", "failed", "not looked up"
 NO_DATA = "no data"
@@ -141,8 +142,12 @@ GAP = "  "
 
 
 def render_table(rows: Iterable[Row], style: Style = Style()) -> str:  # noqa: B008 - immutable
-    """One line per value; a failed one shows its error, one not looked up why."""
-    rows = list(rows)
+    """One line per value; a failed one shows its error, one not looked up why. What the
+    table did not write itself (a value as typed) is shown escaped, never obeyed."""
+    rows = [
+        replace(row, **{name: escaped(value) for name, value in vars(row).items() if isinstance(value, str)})
+        for row in rows
+    ]
     widths = {name: len(title) for name, title in COLUMNS}
     for row in rows:
         for name, _title in COLUMNS if row.outcome == ANSWERED else COLUMNS[:2]:

@@ -36,8 +36,8 @@ from relay.errors import (
     UpstreamTimeoutError,
     UpstreamTLSError,
     UpstreamUnavailableError,
-    cleaned,
 )
+from relay.text import cleaned
 from relay.version import VERSION
 
 USER_AGENT = f"threatscore-xdr-relay/{VERSION} (+Cisco XDR relay module)"

@@ -332,7 +332,7 @@ ANALYST_FILE = (
     ("EXAMPLE.com", "Clean"),
     ("http://example.com/path?q=1", "no data"),
     ("user_agent:Mozilla/5.0 (X11; Linux x86_64)", "no data"),
-    ("domain:fileserver01", "no data"),
+    ("domain:fileserver01", "not looked up: internal, never sent to Threatscore"),
     ("::ffff:192.0.2.1", "no data"),
     ("10.0.0.0/8", "not looked up: a network range (IPv4 CIDR)"),
     ("192.168.10.0/24", "not looked up: a network range (IPv4 CIDR)"),
@@ -367,7 +367,7 @@ def test_an_analysts_file_answers_every_typeable_value_and_says_why_for_the_othe
         assert said.startswith(expected), (given, row)
         assert not said.startswith("error:"), row
     assert lines[-1] == (
-        "43 values: 8 malicious, 3 suspicious, 3 clean, 17 no data, 0 failed, 12 not looked up"
+        "43 values: 8 malicious, 3 suspicious, 3 clean, 16 no data, 0 failed, 13 not looked up"
     )
     # The refanged value is what Threatscore was asked, once for all its spellings.
     assert catalogue.calls_for("http://evil.com") == 1
@@ -436,3 +436,25 @@ def test_the_function_does_not_load_the_command_line():
         check=True,
     )
     assert loaded.stdout.splitlines()[-1] == "[]"
+
+
+def test_lookup_never_sends_internal_values_unless_told(catalogue, capsys, monkeypatch):
+    internal = ("10.0.0.1", "domain:intranet", "http://intranet.local/")
+    status, out, _ = run(capsys, "lookup", "198.51.100.7", *internal)
+
+    assert status == 1  # left out, as an unsupported type is
+    rows = table_rows(out)
+    for value in internal:  # each row shows the value as given
+        assert "not looked up: internal, never sent to Threatscore" in rows[value]
+        assert "RELAY_LOOKUP_INTERNAL=true" in rows[value]
+    assert "Malicious" in rows["198.51.100.7"]
+    assert catalogue.total_calls == 1 and catalogue.calls_for("198.51.100.7") == 1
+
+    monkeypatch.setenv("RELAY_LOOKUP_INTERNAL", "true")
+    status, out, _ = run(capsys, "lookup", *internal)
+    assert status == 0 and "not looked up" not in out
+    assert [catalogue.calls_for(value) for value in ("10.0.0.1", "intranet", "http://intranet.local/")] == [
+        1,
+        1,
+        1,
+    ]
