@@ -32,10 +32,10 @@ from relay.errors import (
 )
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging, trace_fields
-from relay.lookup import Lookup
 from relay.ratelimit import build_pacing
 from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
+from relay.tenants import TenantLookups
 from relay.threatscore import ScoreSource, build_source
 from relay.version import VERSION
 
@@ -93,7 +93,14 @@ def build_handlers(
     """The endpoint handlers in front of `source`, through the answer cache (and the single
     flight across instances, with Redis)."""
     cache = NoCache() if cache is None else cache
-    return Handlers(settings, Lookup(source, cache, settings.threatscore_max_concurrency, shared_flight))
+    lookups = TenantLookups.build(
+        source,
+        cache,
+        settings.threatscore_max_concurrency,
+        shared_flight,
+        shared_between_tenants=settings.cache_shared_between_tenants,
+    )
+    return Handlers(settings, lookups)
 
 
 def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
@@ -136,7 +143,7 @@ class RelayApp:
         settings = Settings.from_env()
         setup_logging(settings.log_level, settings.service_name, VERSION)
         session = make_session(settings)
-        redis_link = build_redis_link(settings.redis_url)  # what the instances share, if anything
+        redis_link = build_redis_link(settings)  # what the instances share, if anything
         cache = build_cache(settings, redis_link)
         app = cls(
             settings,
@@ -190,8 +197,13 @@ class RelayApp:
             return self.handlers.version()
         request_url = _request_url(request) if self.authenticator.needs_request_url else ""
         caller = self.authenticator.authenticate(request.headers.get("Authorization"), request_url)
+        request_log.tenant = caller.tenant
         context = RequestContext.start(
-            self.settings, caller.entities_limit, request_log.stats, arrived_at=request_log.started
+            self.settings,
+            caller.entities_limit,
+            request_log.stats,
+            arrived_at=request_log.started,
+            tenant=caller.tenant,
         )
         if route == "health":
             return self.handlers.health(context)

@@ -26,7 +26,9 @@ from relay.cli import main as cli_main
 from relay.config import ConfigError, Settings
 from relay.errors import AuthorizationError
 from tests.conftest import (
+    ACCESS_KEY,
     JWKS_PATH,
+    OTHER_ACCESS_KEY,
     FakeClock,
     KeyServer,
     free_port,
@@ -41,6 +43,7 @@ AUDIENCE = "https://relay.example/relay"
 REQUEST_URL = "https://relay.example/relay/observe/observables"
 SECRET = "correct-horse-battery-staple-0123456789"
 OTHER_SECRET = "another-secret-that-is-long-enough-0123"
+TEST_ACCESS_KEYS = (("soc", ACCESS_KEY), ("mssp-client-2", OTHER_ACCESS_KEY))
 
 
 # --- settings and tokens --------------------------------------------------
@@ -49,6 +52,7 @@ OTHER_SECRET = "another-secret-that-is-long-enough-0123"
 def jwks_settings(key_server: KeyServer, **changes: Any) -> Settings:
     settings = Settings(
         relay_auth="jwks",
+        access_keys=TEST_ACCESS_KEYS,
         jwks_hosts=(key_server.host,),
         jwks_url_template="http://{host}" + JWKS_PATH,
         jwks_timeout=2.0,
@@ -64,7 +68,14 @@ def secret_settings(**changes: Any) -> Settings:
 def xdr_claims(jwks_host: str, **changes: Any) -> dict[str, Any]:
     """The payload of an XDR configuration token; a change to None drops the claim."""
     now = int(time.time())
-    claims = {"aud": AUDIENCE, "jwks_host": jwks_host, "iat": now, "exp": now + 600, **changes}
+    claims = {
+        "aud": AUDIENCE,
+        "jwks_host": jwks_host,
+        "iat": now,
+        "exp": now + 600,
+        "ACCESS_KEY": ACCESS_KEY,
+        **changes,
+    }
     return {name: value for name, value in claims.items() if value is not None}
 
 
@@ -86,7 +97,7 @@ def test_valid_xdr_token_passes(key_server, keys):
 
     caller = authenticator.authenticate(f"Bearer {keys['a'].sign(claims)}", REQUEST_URL)
 
-    assert caller == Caller(entities_limit=50, claims=claims)
+    assert caller == Caller(entities_limit=50, claims=claims, tenant="soc")
     assert key_server.fetches() == 1
 
 
@@ -446,6 +457,7 @@ def test_unusable_authorization_headers_are_refused(key_server, authorization, r
 def test_key_server_down_is_reported(keys):
     port = free_port()  # nothing listens there any more
     settings = Settings(
+        access_keys=TEST_ACCESS_KEYS,
         jwks_hosts=(f"127.0.0.1:{port}",),
         jwks_url_template="http://{host}" + JWKS_PATH,
         jwks_timeout=2.0,
@@ -540,6 +552,7 @@ def test_slow_key_server_times_out(keys):
         server.expect_request(JWKS_PATH).respond_with_handler(stalled)
         host = f"127.0.0.1:{server.port}"
         settings = Settings(
+            access_keys=TEST_ACCESS_KEYS,
             jwks_hosts=(host,),
             jwks_url_template="http://{host}" + JWKS_PATH,
             jwks_timeout=0.3,

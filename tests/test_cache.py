@@ -19,7 +19,6 @@ import pytest
 
 from relay.cache import (
     CACHE_FORMAT,
-    REDIS_KEY_PREFIX,
     CacheHit,
     FlightWaitTimeoutError,
     MemoryCache,
@@ -29,6 +28,7 @@ from relay.cache import (
     TieredCache,
     build_cache,
     encoded_size,
+    redis_key,
 )
 from relay.config import ConfigError, Settings
 from relay.redis_link import RedisLink, make_redis_client
@@ -220,22 +220,23 @@ def test_redis_cache_round_trips_found_answers_and_no_data(redis_server: RedisSe
     assert answer_of(cache.get(key + "-none")) is None
 
 
-def test_redis_entries_are_versioned_json_with_their_own_ttl(redis_server: RedisServer) -> None:
+def test_redis_entries_are_sealed_versioned_json_with_their_own_ttl(redis_server: RedisServer) -> None:
     cache = redis_cache(redis_server, ttl=3600, negative_ttl=600)
     cache.put("ip:1.1.1.1", fresh(FOUND))
     cache.put("ip:2.2.2.2", fresh(None))
+    found, no_data = redis_key(cache.link, "ip:1.1.1.1"), redis_key(cache.link, "ip:2.2.2.2")
 
     with redis_server.client() as direct:
-        assert sorted(direct.keys("*")) == [
-            f"{REDIS_KEY_PREFIX}ip:1.1.1.1".encode(),
-            f"{REDIS_KEY_PREFIX}ip:2.2.2.2".encode(),
-        ]
-        stored = json.loads(direct.get(f"{REDIS_KEY_PREFIX}ip:2.2.2.2"))
-        assert stored.keys() == {"v", "at", "answer"}
-        assert stored["v"] == CACHE_FORMAT and stored["answer"] is None
+        assert sorted(direct.keys("*")) == [found, no_data]
+        assert found.startswith(f"threatscore-relay:v{CACHE_FORMAT}:".encode())
+        mac, _, payload = direct.get(no_data).partition(b".")
+        assert len(mac) == 64  # HMAC-SHA256, hex
+        stored = json.loads(payload)
+        assert stored.keys() == {"v", "at", "ttl", "data"}
+        assert stored["v"] == CACHE_FORMAT and stored["data"] is None and stored["ttl"] == 600
         assert abs(stored["at"] - time.time()) < 60
-        assert 3590 < direct.ttl(f"{REDIS_KEY_PREFIX}ip:1.1.1.1") <= 3600
-        assert 590 < direct.ttl(f"{REDIS_KEY_PREFIX}ip:2.2.2.2") <= 600
+        assert 3590 < direct.ttl(found) <= 3600
+        assert 590 < direct.ttl(no_data) <= 600
 
 
 def test_redis_cache_does_not_store_a_kind_whose_ttl_is_zero(redis_server: RedisServer) -> None:
@@ -245,7 +246,7 @@ def test_redis_cache_does_not_store_a_kind_whose_ttl_is_zero(redis_server: Redis
 
     assert cache.get("ip:2.2.2.2") is None
     with redis_server.client() as direct:
-        assert direct.keys("*") == [f"{REDIS_KEY_PREFIX}ip:1.1.1.1".encode()]
+        assert direct.keys("*") == [redis_key(cache.link, "ip:1.1.1.1")]
 
 
 def test_two_function_instances_share_entries(redis_server: RedisServer) -> None:
@@ -273,7 +274,9 @@ FOREIGN_ENTRIES = [
     b'{"v": 2, "at": true, "answer": {}}',
     b'{"v": 2, "at": 1700000000, "answer": [1]}',
     b'{"v": 2, "at": 1700000000, "answer": {}, "extra": 1}',
+    b'{"v": 2, "at": NaN, "answer": {}}',
     b"[" * 100_000,  # nested past the parser's recursion limit
+    b"0" * 64 + b'.{"v": 3, "at": 1700000000, "ttl": 3600, "data": {}}',  # a MAC of nobody's
 ]
 
 
@@ -283,10 +286,12 @@ def test_an_entry_this_version_did_not_write_is_a_miss_and_is_replaced(
 ) -> None:
     cache = redis_cache(redis_server)
     with redis_server.client() as direct:
-        direct.set(f"{REDIS_KEY_PREFIX}ip:1.1.1.1", stored)
+        direct.set(redis_key(cache.link, "ip:1.1.1.1"), stored)
 
     assert cache.get("ip:1.1.1.1") is None
-    assert warnings_text(caplog) == ""  # not an error, and the relay's own words only
+    # Not an error, and the relay's own words only.
+    assert all(record.levelno < logging.ERROR for record in caplog.records)
+    assert "1.1.1.1" not in caplog.text
 
     cache.put("ip:1.1.1.1", fresh(FOUND))  # and the next answer replaces it
     assert answer_of(cache.get("ip:1.1.1.1")) == FOUND
