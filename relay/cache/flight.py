@@ -24,6 +24,8 @@ T = TypeVar("T")
 MIN_LOCK_SECONDS = 0.05
 # A lock lives at most one lookup's time: never longer than the longest RELAY_DEADLINE (600 s).
 MAX_LOCK_MS = 601_000
+LOCK_GONE = -2  # PTTL of a key that does not exist
+_NOT_A_RELAYS_LOCK = object()
 
 
 class FlightWaitTimeoutError(Exception):
@@ -128,9 +130,9 @@ class SharedFlight:
                 finally:
                     self._release(lock, deadline)
             hit = self._wait_for_answer(key, deadline)
-            if hit is not None:
+            if isinstance(hit, CacheHit):
                 return answered(hit)
-            if not self._link.available:
+            if hit is _NOT_A_RELAYS_LOCK or not self._link.available:
                 return ask()
 
     def _acquire(self, key: str, deadline: float):
@@ -149,8 +151,9 @@ class SharedFlight:
         with contextlib.suppress(RedisUnavailableError):
             self._link.call("unlock", lambda _client: lock.release(), max(deadline, time.monotonic() + 0.5))
 
-    def _wait_for_answer(self, key: str, deadline: float) -> CacheHit | None:
-        """Another instance's answer; None when the lock is gone without one, or Redis is."""
+    def _wait_for_answer(self, key: str, deadline: float) -> CacheHit | object | None:
+        """Another instance's answer; None when the lock is gone without one, or Redis is;
+        `_NOT_A_RELAYS_LOCK` when the lock is none a relay takes (planted: never waited for)."""
         pause = POLL_FIRST
         while True:
             left = deadline - time.monotonic()
@@ -167,8 +170,10 @@ class SharedFlight:
             hit = decode_entry(self._link, key, raw)
             if hit is not None:
                 return hit
-            if not _a_lock_of_ours(lock_ms, MAX_LOCK_MS):
+            if lock_ms == LOCK_GONE:
                 return None
+            if not _a_lock_of_ours(lock_ms, MAX_LOCK_MS):
+                return _NOT_A_RELAYS_LOCK
 
 
 def build_shared_flight(cache: AnswerCache) -> SharedFlight | None:
