@@ -843,3 +843,59 @@ def test_token_cli_runs_as_a_module(token_env):
         f"Bearer {result.stdout.strip()}", REQUEST_URL
     )
     assert caller.entities_limit == 3
+
+
+# --- access keys: only the organisations the operator let in ------------------------------------
+
+
+def test_jwks_mode_without_access_keys_is_a_configuration_error(key_server):
+    with pytest.raises(ConfigError, match="RELAY_AUTH=jwks needs RELAY_ACCESS_KEYS"):
+        build_authenticator(jwks_settings(key_server, access_keys=()))
+
+
+def test_each_access_key_names_its_tenant_and_the_rest_are_refused(key_server, keys):
+    key_server.publish(keys["a"])
+    authenticator = build_authenticator(jwks_settings(key_server))
+
+    def tenant(**claims) -> str:
+        token = keys["a"].sign(xdr_claims(key_server.host, **claims))
+        return authenticator.authenticate(f"Bearer {token}", REQUEST_URL).tenant
+
+    assert tenant() == "soc"
+    assert tenant(ACCESS_KEY=OTHER_ACCESS_KEY) == "mssp-client-2"
+    for missing in (None, ""):
+        token = keys["a"].sign(xdr_claims(key_server.host, ACCESS_KEY=missing))
+        assert refusal(authenticator, f"Bearer {token}").startswith("access key missing")
+    for wrong in (ACCESS_KEY[:-1], ACCESS_KEY + "x", ACCESS_KEY.upper(), 42, [ACCESS_KEY], {"k": 1}):
+        token = keys["a"].sign(xdr_claims(key_server.host, ACCESS_KEY=wrong))
+        reason = refusal(authenticator, f"Bearer {token}")
+        assert reason.startswith("wrong access key")
+        assert ACCESS_KEY not in reason and "soc" not in reason
+
+
+def test_the_access_key_of_a_forged_token_is_never_looked_at(key_server, keys):
+    # The signature comes first: a token of nobody's cannot probe the keys.
+    key_server.publish(keys["a"])
+    authenticator = build_authenticator(jwks_settings(key_server))
+    forged = keys["attacker"].sign(xdr_claims(key_server.host), kid=keys["a"].kid)
+    assert refusal(authenticator, f"Bearer {forged}") == "bad signature"
+
+
+def test_any_organisation_is_one_tenant_with_a_loud_warning(key_server, keys, caplog):
+    caplog.set_level(logging.WARNING, logger="relay.auth")
+    key_server.publish(keys["a"])
+    authenticator = build_authenticator(jwks_settings(key_server, access_keys=(), any_organisation=True))
+    token = keys["a"].sign(xdr_claims(key_server.host, ACCESS_KEY=None))
+    assert authenticator.authenticate(f"Bearer {token}", REQUEST_URL).tenant == "any-organisation"
+    assert "RELAY_ANY_ORGANISATION=true: ANY XDR organisation" in caplog.text
+
+
+def test_secret_and_none_modes_are_one_tenant():
+    token = jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    assert (
+        build_authenticator(secret_settings()).authenticate(f"Bearer {token}", REQUEST_URL).tenant
+        == "default"
+    )
+    assert (
+        build_authenticator(Settings(relay_auth="none")).authenticate(None, REQUEST_URL).tenant == "default"
+    )
