@@ -499,6 +499,8 @@ def format_setting(value: Any) -> str:
     """A setting's value as one would write it in its variable (`3,5`, `a,b`, `3600`); unset: empty."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(format_setting(part) for part in value)
     if isinstance(value, float):
