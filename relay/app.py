@@ -108,7 +108,9 @@ def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
     backend = settings.threatscore_api
     if settings.relay_auth == "jwks":
         audience = "audience set" if settings.audience else "no audience set: the request URL"
-        auth = f"jwks (key hosts {', '.join(settings.jwks_hosts)}; {audience})"
+        tenant_names = dict.fromkeys(tenant for tenant, _key in settings.access_keys)
+        tenants = f"tenants {', '.join(tenant_names)}" if tenant_names else "ANY organisation"
+        auth = f"jwks (key hosts {', '.join(settings.jwks_hosts)}; {audience}; {tenants})"
     elif settings.relay_auth == "secret":
         auth = f"secret ({'audience set' if settings.audience else 'no audience check'})"
     else:
@@ -118,6 +120,9 @@ def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
     else:
         where = f"Redis at {cache.server}" if getattr(cache, "server", None) else "in memory"
         cache_words = f"{where}, {settings.cache_ttl:g} s found / {settings.cache_negative_ttl:g} s no data"
+        if settings.relay_auth == "jwks" and len({tenant for tenant, _key in settings.access_keys}) > 1:
+            sharing = "shared between tenants" if settings.cache_shared_between_tenants else "one per tenant"
+            cache_words += f", {sharing}"
     return (
         f"Threatscore relay {VERSION}: backend {backend} at {settings.threatscore_api_url}; "
         f"auth {auth}; cache {cache_words}; deadline {settings.relay_deadline:g} s"

@@ -25,6 +25,7 @@ from tests.relay_process import RelayProcess
 pytestmark = pytest.mark.timeout(120)
 
 OBSERVE = "/observe/observables"
+REDIS_SIGNING_KEY = "the-instances-redis-signing-key-0123456789"
 
 
 def ip(value: str) -> dict:
@@ -71,6 +72,7 @@ def instances(launch_relay, redis_server: RedisServer) -> Callable[..., list[Rel
     """`count` relay processes sharing the test's redis-server."""
 
     def start(count: int, **env: str) -> list[RelayProcess]:
+        env = {"REDIS_SIGNING_KEY": REDIS_SIGNING_KEY, **env}
         return [launch_relay(REDIS_URL=redis_server.url, **env) for _ in range(count)]
 
     return start
@@ -201,7 +203,12 @@ def test_a_trickling_redis_does_not_carry_a_request_past_its_deadline(
     threatscore, launch_relay, trickling_redis: TricklingRedis
 ):
     threatscore.answer("198.51.100.20", answers.FOUR_ENGINES)
-    relay = launch_relay(REDIS_URL=trickling_redis.url, RELAY_DEADLINE="3", THREATSCORE_RATE_LIMIT="50")
+    relay = launch_relay(
+        REDIS_URL=trickling_redis.url,
+        REDIS_SIGNING_KEY=REDIS_SIGNING_KEY,
+        RELAY_DEADLINE="3",
+        THREATSCORE_RATE_LIMIT="50",
+    )
     sent = [ip("198.51.100.20"), ip("198.51.100.21")]
 
     body, elapsed = timed(lambda: observe(relay.url, sent))
