@@ -24,11 +24,15 @@ from relay.cache import (
     MemoryCache,
     NoCache,
     RedisCache,
+    ScopedCache,
+    SharedFlight,
     SingleFlight,
     TieredCache,
     build_cache,
     encoded_size,
     redis_key,
+    redis_lock_key,
+    tenant_scope,
 )
 from relay.config import ConfigError, Settings
 from relay.redis_link import RedisLink, make_redis_client
@@ -630,3 +634,46 @@ def test_a_redis_that_trickles_its_answer_is_cut_off_at_the_calls_share_of_the_d
     assert seconds < 1.0  # its share: 0.3 s of a 3-s deadline (each byte came within the read timeout)
     assert next_seconds < 0.1
     assert "TimeoutError" in warnings_text(caplog)
+
+
+# --- tenants: each its own scope of one cache ------------------------------------------------------
+
+
+def test_each_tenants_scope_of_one_cache_is_its_own_unless_shared() -> None:
+    memory = MemoryCache(max_entries=10, ttl=60, negative_ttl=60)
+    soc, client = (
+        ScopedCache(memory, tenant_scope("soc", False)),
+        ScopedCache(memory, tenant_scope("client", False)),
+    )
+    soc.put("ip:1.1.1.1", fresh(FOUND))
+    assert client.get("ip:1.1.1.1") is None
+    assert answer_of(soc.get("ip:1.1.1.1")) == FOUND
+    client.put("ip:1.1.1.1", fresh(None))  # "no data" too is the tenant's own
+    assert answer_of(soc.get("ip:1.1.1.1")) == FOUND and answer_of(client.get("ip:1.1.1.1")) is None
+    client.forget("ip:1.1.1.1")
+    assert answer_of(soc.get("ip:1.1.1.1")) == FOUND
+
+    shared_a, shared_b = (
+        ScopedCache(memory, tenant_scope("soc", True)),
+        ScopedCache(memory, tenant_scope("b", True)),
+    )
+    shared_a.put("ip:2.2.2.2", fresh(FOUND))
+    assert answer_of(shared_b.get("ip:2.2.2.2")) == FOUND
+
+
+def test_a_tenants_redis_entries_and_locks_are_under_its_scope(redis_server: RedisServer) -> None:
+    shared = redis_cache(redis_server)
+    ScopedCache(shared, tenant_scope("soc", False)).put("ip:1.1.1.1", fresh(FOUND))
+    flight = SharedFlight(shared).scoped(tenant_scope("soc", False))
+    seen = []
+
+    def ask() -> str:
+        with redis_server.client() as direct:
+            seen.extend(sorted(direct.keys("*")))
+        return "asked"
+
+    assert flight.run("ip:9.9.9.9", time.monotonic() + 5, ask, lambda hit: "answered") == "asked"
+    assert seen == [
+        redis_key(shared.link, "tenant=soc/ip:1.1.1.1"),
+        redis_lock_key(shared.link, "tenant=soc/ip:9.9.9.9").encode(),
+    ]

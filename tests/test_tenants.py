@@ -30,6 +30,7 @@ from tests.conftest import (
     RelayRedis,
 )
 from tests.relay_process import RelayProcess
+from tests.test_instances import all_at_once
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
@@ -193,6 +194,28 @@ def test_a_tenant_cannot_tell_whether_another_looked_something_up(
     ends = [body["data"]["verdicts"]["docs"][0]["valid_time"]["end_time"] for body in (first, second)]
     assert ends[0] < ends[1]
     assert again["data"] == second["data"]
+
+
+def test_a_tenant_never_joins_another_tenants_flight(
+    threatscore, launch_relay, jwks_env, key_server, keys, redis_server: RedisServer
+):
+    threatscore.answer(MALICIOUS_IP, answers.with_scores(0.9, 0.95, aggregate=0.95), delay=1.0)
+    env = {**jwks_env, "REDIS_URL": redis_server.url, "REDIS_SIGNING_KEY": SIGNING_KEY}
+    first, second = launch_relay(**env), launch_relay(**env)
+    tenant_a = xdr_token(key_server, keys, ACCESS_KEY=ACCESS_KEY)
+    tenant_b = xdr_token(key_server, keys, ACCESS_KEY=OTHER_ACCESS_KEY)
+
+    bodies = all_at_once(
+        [
+            lambda: post(first, [ip(MALICIOUS_IP)], tenant_a),
+            lambda: post(first, [ip(MALICIOUS_IP)], tenant_b),
+            lambda: post(second, [ip(MALICIOUS_IP)], tenant_b),
+        ]
+    )
+
+    assert all(verdicts(body) == {MALICIOUS_IP: "Malicious"} for body in bodies)
+    # One call per tenant: B's two requests shared one flight across the instances, A had its own.
+    assert threatscore.calls_for(MALICIOUS_IP) == 2
 
 
 def test_sharing_the_cache_between_tenants_is_the_operators_choice(
