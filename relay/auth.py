@@ -117,6 +117,12 @@ def build_authenticator(settings: Settings, session: requests.Session | None = N
     """The authenticator for `settings.relay_auth`; `session` is used to fetch key sets."""
     if settings.relay_auth == "jwks":
         return JwksAuthenticator(settings, session)
+    if settings.access_keys:
+        # Not an error: they may still derive the Redis signing key.
+        logger.info(
+            "RELAY_ACCESS_KEYS are checked in jwks mode only; RELAY_AUTH=%s has one tenant",
+            settings.relay_auth,
+        )
     if settings.relay_auth == "secret":
         return SecretAuthenticator(settings)
     if settings.relay_auth == "none":
