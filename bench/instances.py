@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import secrets
 import threading
 import time
 from collections import Counter
@@ -235,7 +236,8 @@ def cases_g_h_i_j(fake: ThreatscoreSimulator, relay_env: dict[str, str], log_dir
     redis = RedisProcess(log_dir).start()
     relays: list[RelayProcess] = []
     try:
-        shared = {**relay_env, "REDIS_URL": redis.url}
+        # A signing key of the run's own: the relay then seals its entries as a deployment does.
+        shared = {**relay_env, "REDIS_URL": redis.url, "REDIS_SIGNING_KEY": secrets.token_urlsafe(32)}
         plain = [RelayProcess(shared, log_dir) for _ in range(3)]
         relays += plain
         limited_env = {**shared, "THREATSCORE_RATE_LIMIT": str(RATE_LIMIT), "RELAY_DEADLINE": str(H_DEADLINE)}

@@ -10,6 +10,7 @@ JSON, no ERROR line; memory is summed over the instances.
 from __future__ import annotations
 
 import itertools
+import secrets
 import tempfile
 import threading
 import time
@@ -71,6 +72,7 @@ def run_many_instances(config: LoadConfig, log_dir: Path | None = None, progress
         env = relay_env(fake, read_timeout=1.0)
         if redis is not None:
             env["REDIS_URL"] = redis.url
+            env["REDIS_SIGNING_KEY"] = secrets.token_urlsafe(32)  # sealed as a deployment seals
             # High enough never to hold the run back, so that the shared limiter's every call
             # (its Lua scripts included) goes through the Redis restart too.
             env["THREATSCORE_RATE_LIMIT"] = "1000"

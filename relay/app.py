@@ -34,10 +34,10 @@ from relay.errors import (
 )
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging, trace_fields
-from relay.lookup import Lookup
 from relay.ratelimit import build_pacing
 from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
+from relay.tenants import TenantLookups
 from relay.threatscore import AnswerSource, build_source
 from relay.version import VERSION
 
@@ -95,7 +95,14 @@ def build_handlers(
     """The endpoint handlers in front of `source`, through the answer cache (and the single
     flight across instances, with Redis)."""
     cache = NoCache() if cache is None else cache
-    return Handlers(settings, Lookup(source, cache, settings.threatscore_max_concurrency, shared_flight))
+    lookups = TenantLookups.build(
+        source,
+        cache,
+        settings.threatscore_max_concurrency,
+        shared_flight,
+        shared_between_tenants=settings.cache_shared_between_tenants,
+    )
+    return Handlers(settings, lookups)
 
 
 def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
@@ -103,7 +110,9 @@ def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
     backend = settings.threatscore_api
     if settings.relay_auth == "jwks":
         audience = "audience set" if settings.audience else "no audience set: the request URL"
-        auth = f"jwks (key hosts {', '.join(settings.jwks_hosts)}; {audience})"
+        tenant_names = dict.fromkeys(tenant for tenant, _key in settings.access_keys)
+        tenants = f"tenants {', '.join(tenant_names)}" if tenant_names else "ANY organisation"
+        auth = f"jwks (key hosts {', '.join(settings.jwks_hosts)}; {audience}; {tenants})"
     elif settings.relay_auth == "secret":
         auth = f"secret ({'audience set' if settings.audience else 'no audience check'})"
     else:
@@ -113,6 +122,9 @@ def describe_relay(settings: Settings, cache: AnswerCache | None = None) -> str:
     else:
         where = f"Redis at {cache.server}" if getattr(cache, "server", None) else "in memory"
         cache_words = f"{where}, {settings.cache_ttl:g} s found / {settings.cache_negative_ttl:g} s no data"
+        if settings.relay_auth == "jwks" and len({tenant for tenant, _key in settings.access_keys}) > 1:
+            sharing = "shared between tenants" if settings.cache_shared_between_tenants else "one per tenant"
+            cache_words += f", {sharing}"
     return (
         f"Threatscore relay {VERSION}: backend {backend} at {settings.threatscore_api_url}; "
         f"auth {auth}; cache {cache_words}; deadline {settings.relay_deadline:g} s"
@@ -166,7 +178,7 @@ class RelayApp:
         settings = Settings.from_env()
         setup_logging(settings.log_level, settings.service_name, VERSION)
         session = make_session(settings)
-        redis_link = build_redis_link(settings.redis_url)  # what the instances share, if anything
+        redis_link = build_redis_link(settings)  # what the instances share, if anything
         cache = build_cache(settings, redis_link)
         app = cls(
             settings,
@@ -220,8 +232,13 @@ class RelayApp:
             return self.handlers.version()
         request_url = _request_url(request) if self.authenticator.needs_request_url else ""
         caller = self.authenticator.authenticate(request.headers.get("Authorization"), request_url)
+        request_log.tenant = caller.tenant
         context = RequestContext.start(
-            self.settings, caller.entities_limit, request_log.stats, arrived_at=request_log.started
+            self.settings,
+            caller.entities_limit,
+            request_log.stats,
+            arrived_at=request_log.started,
+            tenant=caller.tenant,
         )
         if route == "health":
             return self.handlers.health(context)

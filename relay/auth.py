@@ -9,10 +9,19 @@ Three modes, chosen by `Settings.relay_auth`:
 
 Every failure is an `AuthorizationError` whose reason says what was wrong,
 never what the token, the secret or a key contains.
+
+Each accepted call belongs to a tenant. In `jwks` mode a token must carry an
+`ACCESS_KEY` claim (the module's `custom_ACCESS_KEY` setting, which XDR puts in
+every token it signs) equal to one of `RELAY_ACCESS_KEYS`; the key's tenant is
+the caller's. With `RELAY_ANY_ORGANISATION=true` instead, every organisation's
+token is accepted, all of them one tenant. `secret` and `none` modes have one
+tenant: the operator signs or runs everything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -42,6 +51,10 @@ JWKS_ALGORITHM = "RS256"
 HMAC_ALGORITHM = "HS256"
 ENTITIES_LIMIT_CLAIM = "CTR_ENTITIES_LIMIT"
 JWKS_HOST_CLAIM = "jwks_host"
+ACCESS_KEY_CLAIM = "ACCESS_KEY"
+# The tenant of `secret` and `none` modes, and of RELAY_ANY_ORGANISATION=true.
+DEFAULT_TENANT = "default"
+ANY_ORGANISATION_TENANT = "any-organisation"
 
 # A real key set is a few kilobytes; anything much larger is not one.
 MAX_KEY_SET_BYTES = 256 * 1024
@@ -57,6 +70,8 @@ class Caller:
 
     entities_limit: int | None
     claims: Mapping[str, Any]
+    # Whose call it is: its cache, flights and "no data" are its own (`relay.tenants`).
+    tenant: str = DEFAULT_TENANT
 
 
 class Authenticator(ABC):
@@ -70,6 +85,7 @@ class Authenticator(ABC):
         """The caller, or `AuthorizationError` (and nothing else) when the call is not authorized."""
         try:
             claims = self._verified_claims(authorization, request_url)
+            tenant = self._tenant(claims)
         except AuthorizationError as error:
             logger.info("Authorization failed: %s", error.reason)
             raise
@@ -84,7 +100,13 @@ class Authenticator(ABC):
                 where.lineno,
             )
             raise AuthorizationError("internal error while checking the token") from None
-        return Caller(entities_limit=entities_limit_from(claims), claims=MappingProxyType(dict(claims)))
+        return Caller(
+            entities_limit=entities_limit_from(claims), claims=MappingProxyType(dict(claims)), tenant=tenant
+        )
+
+    def _tenant(self, claims: Mapping[str, Any]) -> str:
+        """The tenant of a verified token's caller; raises `AuthorizationError`."""
+        return DEFAULT_TENANT
 
     @abstractmethod
     def _verified_claims(self, authorization: str | None, request_url: str) -> Mapping[str, Any]:
@@ -95,6 +117,12 @@ def build_authenticator(settings: Settings, session: requests.Session | None = N
     """The authenticator for `settings.relay_auth`; `session` is used to fetch key sets."""
     if settings.relay_auth == "jwks":
         return JwksAuthenticator(settings, session)
+    if settings.access_keys:
+        # Not an error: they may still derive the Redis signing key.
+        logger.info(
+            "RELAY_ACCESS_KEYS are checked in jwks mode only; RELAY_AUTH=%s has one tenant",
+            settings.relay_auth,
+        )
     if settings.relay_auth == "secret":
         return SecretAuthenticator(settings)
     if settings.relay_auth == "none":
@@ -103,6 +131,46 @@ def build_authenticator(settings: Settings, session: requests.Session | None = N
         )
         return AllowAllAuthenticator()
     raise ConfigError(f"RELAY_AUTH: unknown mode {settings.relay_auth!r}")
+
+
+class AccessKeys:
+    """`RELAY_ACCESS_KEYS`: which tenant a token's ACCESS_KEY claim names, if any.
+
+    Compared in constant time: the SHA-256 digests of the presented key and of
+    every configured key, every one of them compared whatever matched, so the
+    time taken says nothing about the keys (not even their lengths).
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]):
+        self._digests = tuple((tenant, _digest(key)) for tenant, key in pairs)
+        if not self._digests:
+            raise ConfigError("RELAY_ACCESS_KEYS: no key given")
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(tenant for tenant, _ in self._digests))
+
+    def tenant_of(self, claims: Mapping[str, Any]) -> str:
+        """The tenant of the key in `claims`; `AuthorizationError` saying it is missing or wrong."""
+        presented = claims.get(ACCESS_KEY_CLAIM)
+        if presented is None or presented == "":
+            raise AuthorizationError(
+                "access key missing: set the module's Relay access key (custom_ACCESS_KEY) in XDR"
+            )
+        digest = _digest(presented if isinstance(presented, str) else json.dumps(presented))
+        found = None
+        for tenant, known in self._digests:
+            if hmac.compare_digest(digest, known) and found is None:
+                found = tenant
+        if found is None:
+            raise AuthorizationError(
+                "wrong access key: the module's Relay access key is not one this relay accepts"
+            )
+        return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 class AllowAllAuthenticator(Authenticator):
@@ -152,6 +220,21 @@ class JwksAuthenticator(Authenticator):
             clock=clock,
         )
         self.needs_request_url = not self._audiences
+        if settings.access_keys:
+            self._access_keys: AccessKeys | None = AccessKeys(settings.access_keys)
+        elif settings.any_organisation:
+            self._access_keys = None
+            logger.warning(
+                "RELAY_ANY_ORGANISATION=true: ANY XDR organisation whose module names this relay's URL"
+                " may use it (and the Threatscore licence behind it); all of them share one tenant."
+                " Set RELAY_ACCESS_KEYS to let in only your own organisations."
+            )
+        else:
+            raise ConfigError(
+                "RELAY_AUTH=jwks needs RELAY_ACCESS_KEYS (tenant=KEY,...: the access keys of the XDR"
+                " organisations allowed in, each module's custom_ACCESS_KEY), or"
+                " RELAY_ANY_ORGANISATION=true to accept any organisation's token"
+            )
         self._audience_warning_lock = threading.Lock()
         self._audience_warning_logged = False
 
@@ -172,6 +255,11 @@ class JwksAuthenticator(Authenticator):
             self._warn_audience_from_request_once(request_url)
             check_audience(claims, (normalised_url(request_url),), below_allowed=True)
         return claims
+
+    def _tenant(self, claims: Mapping[str, Any]) -> str:
+        if self._access_keys is None:
+            return ANY_ORGANISATION_TENANT
+        return self._access_keys.tenant_of(claims)
 
     def _allowed_key_host(self, claims: Mapping[str, Any]) -> str:
         host = claims.get(JWKS_HOST_CLAIM)

@@ -131,7 +131,7 @@ def boolean(raw: str) -> bool:
         return True
     if word in ("false", "0", "no", "off"):
         return False
-    raise ConfigError(f"must be true or false, got {raw!r}")
+    raise ConfigError(f"must be true or false, got {raw[:20]!r}")
 
 
 def http_url(raw: str) -> str:
@@ -221,6 +221,39 @@ def secret_text(raw: str) -> str:
     if len(raw) < MIN_SECRET_LENGTH:
         raise ConfigError(f"must be at least {MIN_SECRET_LENGTH} characters long")
     return raw
+
+
+TENANT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+MIN_ACCESS_KEY_LENGTH = 32
+MAX_KEYS_PER_TENANT = 2  # the key in use and its successor, while the module's setting is changed
+
+
+def access_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    """`soc=KEY1,mssp-client-2=KEY2`: (tenant, key) pairs. Messages name tenants and
+    positions, never a key."""
+    pairs: list[tuple[str, str]] = []
+    for position, item in enumerate(raw.split(","), start=1):
+        item = item.strip()
+        tenant, equals, key = item.partition("=")
+        tenant, key = tenant.strip(), key.strip()
+        if not equals or "=" in key:
+            raise ConfigError(f"entry {position} is not TENANT=KEY (a key has no ',' or '=')")
+        if not TENANT_NAME.fullmatch(tenant):
+            raise ConfigError(
+                f"entry {position}: a tenant name is 1 to 63 lower-case letters, digits and hyphens"
+            )
+        if len(key) < MIN_ACCESS_KEY_LENGTH:
+            raise ConfigError(
+                f"the key of tenant {tenant} (entry {position}) is shorter than"
+                f" {MIN_ACCESS_KEY_LENGTH} characters"
+            )
+        if any(key == known for _, known in pairs):
+            raise ConfigError(f"entry {position} repeats a key already given (each key names one tenant)")
+        pairs.append((tenant, key))
+    for tenant in {tenant for tenant, _ in pairs}:
+        if sum(1 for name, _ in pairs if name == tenant) > MAX_KEYS_PER_TENANT:
+            raise ConfigError(f"tenant {tenant} has more than {MAX_KEYS_PER_TENANT} keys (two: for rotation)")
+    return tuple(pairs)
 
 
 def project_id(raw: str) -> str:
@@ -326,6 +359,11 @@ class Settings:
     jwt_leeway: float = setting("RELAY_JWT_LEEWAY", seconds_from(0.0, 3600.0), 60.0)
     audience: tuple[str, ...] = setting("RELAY_AUDIENCE", audience_list, ())
     secret: str | None = setting("RELAY_SECRET", secret_text, None, secret=True)
+    # The XDR organisations let in (jwks mode): `tenant=KEY,...`; a token's ACCESS_KEY claim
+    # (the module's custom_ACCESS_KEY) must be one of the keys.
+    access_keys: tuple[tuple[str, str], ...] = setting("RELAY_ACCESS_KEYS", access_keys, (), secret=True)
+    # jwks mode without access keys: any organisation's module may use the relay (one tenant).
+    any_organisation: bool = setting("RELAY_ANY_ORGANISATION", boolean, False)
 
     # Cache
     cache_ttl: float = setting("CACHE_TTL", seconds_from(0.0, 30 * DAY), 3600.0)
@@ -336,8 +374,12 @@ class Settings:
     cache_max_bytes: int = setting("CACHE_MAX_BYTES", int_from(64 * 1024, 16 * 1024**3), 32 * 1024 * 1024)
     # With REDIS_URL: how long the memory tier keeps an answer (Redis keeps it for CACHE_TTL).
     cache_memory_ttl: float = setting("CACHE_MEMORY_TTL", seconds_from(0.0, 30 * DAY), 60.0)
+    # By default each tenant's answers, flights and "no data" are its own; true: one cache for all.
+    cache_shared_between_tenants: bool = setting("CACHE_SHARED_BETWEEN_TENANTS", boolean, False)
     # A secret: the URL may carry Redis's password.
     redis_url: str | None = setting("REDIS_URL", text, None, secret=True)
+    # The key of the MAC on every Redis entry; unset: derived from RELAY_SECRET / RELAY_ACCESS_KEYS.
+    redis_signing_key: str | None = setting("REDIS_SIGNING_KEY", secret_text, None, secret=True)
 
     # Logging
     log_level: str = setting("LOG_LEVEL", log_level, "INFO")
@@ -368,6 +410,10 @@ class Settings:
                     "RELAY_JWKS_URL_TEMPLATE must be an https:// URL"
                     f" (plain http only to a loopback address, not {host})"
                 )
+        if self.access_keys and self.any_organisation:
+            raise ConfigError(
+                "RELAY_ACCESS_KEYS and RELAY_ANY_ORGANISATION=true contradict each other: set one of them"
+            )
         if self.relay_auth == "secret":
             if not self.secret:
                 raise ConfigError("RELAY_AUTH=secret needs RELAY_SECRET")

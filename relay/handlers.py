@@ -18,6 +18,7 @@ from urllib.parse import quote
 import orjson
 from cachetools import LRUCache
 
+from relay.auth import DEFAULT_TENANT
 from relay.config import Settings
 from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, RelayError, envelope
 from relay.logs import RequestStats
@@ -31,6 +32,7 @@ from relay.observables import (
     canonical_value,
     recognised_type,
 )
+from relay.tenants import TenantLookups
 from relay.version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class RequestContext:
     deadline: float  # a time.monotonic() instant
     now: datetime
     stats: RequestStats = field(default_factory=RequestStats)  # what the request cost, for its log line
+    tenant: str = DEFAULT_TENANT  # whose call it is: its lookups are its own (relay.tenants)
 
     @classmethod
     def start(
@@ -60,6 +63,7 @@ class RequestContext:
         entities_limit: int | None = None,
         stats: RequestStats | None = None,
         arrived_at: float | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> RequestContext:
         """`arrived_at` (`time.monotonic()`): when the request arrived; the deadline counts from it,
         so that authenticating (perhaps fetching keys) comes out of the same budget."""
@@ -68,13 +72,14 @@ class RequestContext:
             deadline=(time.monotonic() if arrived_at is None else arrived_at) + settings.relay_deadline,
             now=datetime.now(UTC),
             stats=stats or RequestStats(),
+            tenant=tenant,
         )
 
 
 class Handlers:
-    def __init__(self, settings: Settings, lookup: Lookup):
+    def __init__(self, settings: Settings, lookup: Lookup | TenantLookups):
         self._settings = settings
-        self._lookup = lookup
+        self._lookups = lookup if isinstance(lookup, TenantLookups) else TenantLookups.single(lookup)
         self._mapped = MappedAnswers()
         # The types the configured Threatscore API looks up (parse_observables keeps only these).
         self.supported_types = TYPES_BY_API[settings.threatscore_api]
@@ -92,7 +97,9 @@ class Handlers:
     def health(self, context: RequestContext) -> dict:
         """A real probe of the configured Threatscore API, never answered from the cache:
         "no data" is healthy, any failure (a refusal too) says what failed."""
-        error = self._lookup.probe(self._health_probe, context.deadline, context.stats).error
+        error = (
+            self._lookups.of(context.tenant).probe(self._health_probe, context.deadline, context.stats).error
+        )
         if error is not None:
             failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
             context.stats.count_error(failure.code, failure.message)
@@ -103,7 +110,7 @@ class Handlers:
         return {"version": VERSION}
 
     def _enrich(self, observables: list[Observable], context: RequestContext, kinds: tuple[str, ...]) -> dict:
-        outcomes = self._lookup.look_up(observables, context.deadline, context.stats)
+        outcomes = self._lookups.of(context.tenant).look_up(observables, context.deadline, context.stats)
         options = MappingOptions(
             ui_url=self._settings.threatscore_ui_url,
             valid_days=self._settings.ctim_valid_days,
@@ -123,7 +130,7 @@ class Handlers:
                 mapped = self._mapped.get(observable, outcome, options, kinds, context.now)
             except Exception:  # one answer the relay cannot map costs that observable only
                 logger.exception("mapping a Threatscore answer to CTIM failed")
-                self._lookup.forget(observable.cache_key)  # ask again next time
+                self._lookups.of(context.tenant).forget(observable.cache_key)  # ask again next time
                 error = InternalError("the relay could not map Threatscore's answer to CTIM")
                 errors.append(error.about(observable.value))
                 context.stats.count_error(error.code, error.message)

@@ -406,6 +406,7 @@ class RequestLog:
         self.stats = RequestStats()
         self.observables = 0  # the distinct supported observables looked up
         self.dropped: list[tuple[int, str]] = []  # (index, reason) of the observables left out
+        self.tenant: str | None = None  # the caller's tenant, once authenticated (never its key)
         self._clock = clock
         self.started = clock()
 
@@ -423,6 +424,7 @@ class RequestLog:
             **self.fields(),
             "status": status,
             "observables": self.observables,
+            **({"tenant": self.tenant} if self.tenant is not None else {}),
             "upstream_calls": self.stats.upstream_calls,
             "cache_hits": self.stats.cache_hits,
             "duration_ms": duration_ms,

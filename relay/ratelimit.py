@@ -13,6 +13,9 @@ transport calls it), `Pacing.rate_limited` when Threatscore answers 429 with
 - A 429 with `Retry-After` from Threatscore is written to Redis (one key,
   expiring when the wait does), and every instance reads it before each
   attempt: all of them hold back, not only the one that got the 429.
+
+Both live under this deployment's namespace (`RedisLink.namespaced`), and the
+hold-back is sealed (`RedisLink.seal`): one that does not prove itself is ignored.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from relay.cache import CACHE_FORMAT
 from relay.config import Settings
 from relay.errors import TooManyRequestsError
 from relay.redis_link import RedisLink, RedisUnavailableError
+from relay.redis_trust import Unsealed
 
 logger = logging.getLogger(__name__)
 
-RATE_LIMIT_KEY = "threatscore"
-HOLD_BACK_KEY = f"threatscore-relay:v{CACHE_FORMAT}:hold-back-until"
+# Names within the deployment's Redis namespace (`RedisLink.namespaced`).
+RATE_LIMIT_NAME = "rate-limit"
+HOLD_BACK_NAME = "hold-back-until"
 # An attempt needs at least this long before the deadline to be worth a turn.
 MIN_ATTEMPT_SECONDS = 0.05
 # Waiters wake a little after a turn frees up, spread out so that they do not all ask at once.
@@ -90,21 +94,24 @@ class Pacing:
             self._hold_until_here = max(self._hold_until_here, until)
         if self._link is None or retry_after <= 0:
             return
+        name = self._link.namespaced(HOLD_BACK_NAME)
+        value = self._link.seal(name, until, retry_after)
+        if value is None:
+            return
         with contextlib.suppress(RedisUnavailableError):
             self._link.call(
-                "write",
-                lambda client: client.set(HOLD_BACK_KEY, repr(until), px=max(1, round(retry_after * 1000))),
-                None,
+                "write", lambda client: client.set(name, value, px=max(1, round(retry_after * 1000))), None
             )
 
     def _hold_back(self, deadline: float | None) -> None:
         until = self._hold_until_here
         if self._link is not None:
+            name = self._link.namespaced(HOLD_BACK_NAME)
             try:
-                raw = self._link.call("read", lambda client: client.get(HOLD_BACK_KEY), deadline)
+                raw = self._link.call("read", lambda client: client.get(name), deadline)
             except RedisUnavailableError:
                 raw = None
-            until = max(until, _as_time(raw))
+            until = max(until, _as_time(self._link.unseal(name, raw)))
         wait = until - time.time()
         if wait <= 0:
             return
@@ -153,25 +160,28 @@ class Pacing:
         item = self._item
         if self._shared is not None and self._link is not None:
             shared = self._shared
+            # The window is the `limits` library's (its Lua scripts): not sealed, but in this
+            # deployment's namespace. A forged one can only make the relay wait, never answer wrong.
+            key = self._link.namespaced(RATE_LIMIT_NAME)
             try:
-                return self._link.call("rate limit", lambda _client: _turn(shared, item), deadline)
+                return self._link.call("rate limit", lambda _client: _turn(shared, item, key), deadline)
             except RedisUnavailableError:
                 pass  # each instance holds the limit alone meanwhile
-        return _turn(self._local, item)
+        return _turn(self._local, item, RATE_LIMIT_NAME)
 
 
-def _turn(limiter, item) -> tuple[bool, float]:
-    if limiter.hit(item, RATE_LIMIT_KEY):
+def _turn(limiter, item, key: str) -> tuple[bool, float]:
+    if limiter.hit(item, key):
         return True, 0.0
-    return False, limiter.get_window_stats(item, RATE_LIMIT_KEY).reset_time
+    return False, limiter.get_window_stats(item, key).reset_time
 
 
-def _as_time(raw: bytes | None) -> float:
-    try:
-        value = float(raw) if raw is not None else 0.0
-    except ValueError:
+def _as_time(unsealed: Unsealed | None) -> float:
+    """The instant a sealed hold-back names (epoch seconds), or 0.0."""
+    value = None if unsealed is None else unsealed.data
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return 0.0
-    return value if math.isfinite(value) else 0.0
+    return float(value) if math.isfinite(value) else 0.0
 
 
 def _fits(wait: float, deadline: float | None) -> bool:

@@ -1,7 +1,7 @@
 """The relay's link to Redis (Memorystore): what every instance shares.
 
 One client per process, used by the answer cache, the single flight across
-instances and the shared rate limit. Two promises:
+instances, the shared rate limit and whatever else the instances share. Three promises:
 
 - No Redis call outlives the time it is given. redis-py's timeouts apply per
   socket operation, so a Redis that trickles its answer a byte at a time is
@@ -10,6 +10,9 @@ instances and the shared rate limit. Two promises:
 - A Redis that is down or slow costs one failed call per outage, not one per
   lookup: after a failure Redis is skipped for a short while, then tried again;
   one warning when the outage starts, one line when Redis answers again.
+- Nothing read from Redis is trusted unless it proves itself: every user names
+  its keys with `namespaced` and stores values made by `seal`, read back with
+  `unseal` (`relay.redis_trust`: this deployment's namespace, a keyed MAC).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from relay.config import ConfigError
+from relay.config import ConfigError, Settings
+from relay.redis_trust import RedisTrust, Unsealed
 
 if TYPE_CHECKING:
     import redis
@@ -173,16 +177,30 @@ class RedisLink:
         self,
         client: redis.Redis,
         *,
+        trust: RedisTrust | None = None,
         cooldown: float = REDIS_FAILURE_COOLDOWN,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.client = client
+        self.trust = RedisTrust.for_settings(Settings()) if trust is None else trust
         self._cooldown = cooldown
         self._clock = clock
         self._lock = threading.Lock()
         self._skip_until = float("-inf")
         self._in_outage = False
         self.server, self._password = describe_server(client)
+
+    def namespaced(self, name: str) -> str:
+        """The Redis key of `name` in this deployment's namespace."""
+        return self.trust.namespaced(name)
+
+    def seal(self, key: str | bytes, data: object, ttl: float, at: float | None = None) -> bytes | None:
+        """`data` sealed for the (namespaced) key `key`, living `ttl` s from `at` (default now)."""
+        return self.trust.seal(key, data, ttl, at)
+
+    def unseal(self, key: str | bytes, raw: bytes | None) -> Unsealed | None:
+        """What `seal` stored under `key`, or None: a miss, whatever `raw` holds."""
+        return self.trust.unseal(key, raw)
 
     @property
     def available(self) -> bool:
@@ -239,5 +257,15 @@ class RedisLink:
         )
 
 
-def build_redis_link(url: str | None) -> RedisLink | None:
-    return None if not url else RedisLink(make_redis_client(url))
+def build_redis_link(settings: Settings) -> RedisLink | None:
+    """The link to `settings.redis_url`, with this deployment's namespace and signing key."""
+    if not settings.redis_url:
+        return None
+    trust = RedisTrust.for_settings(settings)
+    if trust.publicly_known_key:
+        logger.warning(
+            "REDIS_URL without REDIS_SIGNING_KEY, RELAY_SECRET or RELAY_ACCESS_KEYS: the relay's Redis"
+            " entries are signed with a key anyone could know, so whoever reaches Redis can forge"
+            " answers. Set REDIS_SIGNING_KEY (for local use only without it)."
+        )
+    return RedisLink(make_redis_client(settings.redis_url), trust=trust)

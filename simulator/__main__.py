@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -109,8 +110,8 @@ def xdr_token(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulator xdr-token",
         description="Print an RS256 token as XDR signs it for a module, with the simulator's key. "
-        "Run the relay with RELAY_AUTH=jwks, RELAY_JWKS_HOSTS=<the simulator's host:port> and "
-        "RELAY_JWKS_URL_TEMPLATE=http://{host}/.well-known/jwks.",
+        "Run the relay with RELAY_AUTH=jwks, RELAY_JWKS_HOSTS=<the simulator's host:port>, "
+        "RELAY_JWKS_URL_TEMPLATE=http://{host}/.well-known/jwks and RELAY_ACCESS_KEYS=<tenant>=<key>.",
     )
     parser.add_argument(
         "--aud", required=True, type=_http_url, metavar="URL", help="the relay's URL (aud claim)"
@@ -120,6 +121,12 @@ def xdr_token(argv: list[str]) -> int:
         type=_positive_int,
         metavar="N",
         help="the module's entities limit (CTR_ENTITIES_LIMIT claim)",
+    )
+    parser.add_argument(
+        "--access-key",
+        metavar="KEY",
+        help="the module's Relay access key (ACCESS_KEY claim): one of the relay's RELAY_ACCESS_KEYS;"
+        " default: the ACCESS_KEY environment variable, if set",
     )
     parser.add_argument(
         "--simulator",
@@ -133,8 +140,14 @@ def xdr_token(argv: list[str]) -> int:
     parser.add_argument("--key-file", type=Path, default=DEFAULT_KEY_FILE, help="the simulator's signing key")
     args = parser.parse_args(argv)
     keys = XdrKeys.load_or_create(args.key_file)
+    # From the environment by default: a key typed on a command line lands in the shell's history.
+    access_key = args.access_key if args.access_key is not None else os.environ.get("ACCESS_KEY") or None
     token = keys.token(
-        jwks_host=args.simulator, audience=args.aud, entities_limit=args.limit, minutes=args.minutes
+        jwks_host=args.simulator,
+        audience=args.aud,
+        entities_limit=args.limit,
+        access_key=access_key,
+        minutes=args.minutes,
     )
     print(token)
     return 0

@@ -3,7 +3,8 @@
 The simulator serves the public half at `/.well-known/jwks`;
 `python -m simulator xdr-token` signs tokens with the private half, as XDR
 signs a module's configuration token (RS256, `kid` in the header, `jwks_host`
-and `aud` in the claims, the module's settings such as `CTR_ENTITIES_LIMIT`).
+and `aud` in the claims, the module's settings such as `CTR_ENTITIES_LIMIT` and
+`ACCESS_KEY`).
 Both read one key file, made on first use (default `.simulator/xdr-key.pem`
 in the project, git-ignored).
 """
@@ -73,6 +74,7 @@ class XdrKeys:
         jwks_host: str,
         audience: str,
         entities_limit: int | None = None,
+        access_key: str | None = None,
         minutes: int = TOKEN_MINUTES,
         now: float | None = None,
     ) -> str:
@@ -85,4 +87,6 @@ class XdrKeys:
         }
         if entities_limit is not None:
             claims["CTR_ENTITIES_LIMIT"] = entities_limit
+        if access_key is not None:
+            claims["ACCESS_KEY"] = access_key  # the module's custom_ACCESS_KEY, as XDR sends it
         return jwt.encode(claims, self.private_key, algorithm="RS256", headers={"kid": self.kid})

@@ -24,8 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 
-from relay.config import setting_names
+from relay.cache import redis_key, redis_lock_key, tenant_scope
+from relay.config import Settings, setting_names
 from relay.logs import flush_logs
+from relay.redis_link import RedisLink
+from relay.redis_trust import RedisTrust
 from simulator import ThreatscoreSimulator
 from tests.relay_process import ROOT, VENV_BIN, RelayProcess, free_port
 
@@ -107,6 +110,35 @@ def relay_env(threatscore) -> dict[str, str]:
         "THREATSCORE_TIMEOUT": "2",
         "RELAY_AUTH": "none",
     }
+
+
+# A tenant's access key, as the operator puts it in RELAY_ACCESS_KEYS and in the module's
+# custom_ACCESS_KEY (XDR sends it in every token as the ACCESS_KEY claim).
+ACCESS_KEY = "soc-access-key-0123456789abcdef-0123456789"
+OTHER_ACCESS_KEY = "mssp-client-2-key-abcdefghijklmnopqrstuvwxyz"
+ACCESS_KEYS = f"soc={ACCESS_KEY},mssp-client-2={OTHER_ACCESS_KEY}"
+
+
+class RelayRedis:
+    """The Redis names and seals of a relay started with `env`: what a test (or an attacker
+    who knows the code, but not the secrets) needs to find its entries."""
+
+    def __init__(self, env: dict[str, str]):
+        self.settings = Settings.from_env(env)
+        self.trust = RedisTrust.for_settings(self.settings)
+        self.link = RedisLink(redis.Redis(), trust=self.trust)  # never connects: names only
+
+    def answer_key(self, cache_key: str, tenant: str = "default") -> bytes:
+        return redis_key(
+            self.link, tenant_scope(tenant, self.settings.cache_shared_between_tenants) + cache_key
+        )
+
+    def lock_key(self, cache_key: str, tenant: str = "default") -> str:
+        scope = tenant_scope(tenant, self.settings.cache_shared_between_tenants)
+        return redis_lock_key(self.link, scope + cache_key)
+
+    def namespaced(self, name: str) -> str:
+        return self.trust.namespaced(name)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from werkzeug import Response
 
 from tests import answers
-from tests.conftest import JWKS_PATH, hs256_token, unsigned_token
+from tests.conftest import ACCESS_KEY, ACCESS_KEYS, JWKS_PATH, hs256_token, unsigned_token
 from tests.ctim import check_answer
 
 AUDIENCE = "https://europe-west1-project.cloudfunctions.net/relay"
@@ -22,7 +22,14 @@ OBSERVABLES = [{"type": "ip", "value": "198.51.100.7"}]
 
 def claims(key_server, **changes):
     now = int(time.time())
-    payload = {"aud": AUDIENCE, "jwks_host": key_server.host, "iat": now, "exp": now + 600, **changes}
+    payload = {
+        "aud": AUDIENCE,
+        "jwks_host": key_server.host,
+        "iat": now,
+        "exp": now + 600,
+        "ACCESS_KEY": ACCESS_KEY,
+        **changes,
+    }
     return {name: value for name, value in payload.items() if value is not None}
 
 
@@ -34,6 +41,7 @@ def jwks_env(key_server, keys):
         "RELAY_JWKS_HOSTS": key_server.host,
         "RELAY_JWKS_URL_TEMPLATE": "http://{host}" + JWKS_PATH,
         "RELAY_AUDIENCE": AUDIENCE + "/",
+        "RELAY_ACCESS_KEYS": ACCESS_KEYS,
     }
 
 

@@ -26,7 +26,9 @@ from relay.cli import main as cli_main
 from relay.config import ConfigError, Settings
 from relay.errors import AuthorizationError
 from tests.conftest import (
+    ACCESS_KEY,
     JWKS_PATH,
+    OTHER_ACCESS_KEY,
     FakeClock,
     KeyServer,
     free_port,
@@ -41,6 +43,7 @@ AUDIENCE = "https://relay.example/relay"
 REQUEST_URL = "https://relay.example/relay/observe/observables"
 SECRET = "correct-horse-battery-staple-0123456789"
 OTHER_SECRET = "another-secret-that-is-long-enough-0123"
+TEST_ACCESS_KEYS = (("soc", ACCESS_KEY), ("mssp-client-2", OTHER_ACCESS_KEY))
 
 
 # --- settings and tokens --------------------------------------------------
@@ -49,6 +52,7 @@ OTHER_SECRET = "another-secret-that-is-long-enough-0123"
 def jwks_settings(key_server: KeyServer, **changes: Any) -> Settings:
     settings = Settings(
         relay_auth="jwks",
+        access_keys=TEST_ACCESS_KEYS,
         jwks_hosts=(key_server.host,),
         jwks_url_template="http://{host}" + JWKS_PATH,
         jwks_timeout=2.0,
@@ -64,7 +68,14 @@ def secret_settings(**changes: Any) -> Settings:
 def xdr_claims(jwks_host: str, **changes: Any) -> dict[str, Any]:
     """The payload of an XDR configuration token; a change to None drops the claim."""
     now = int(time.time())
-    claims = {"aud": AUDIENCE, "jwks_host": jwks_host, "iat": now, "exp": now + 600, **changes}
+    claims = {
+        "aud": AUDIENCE,
+        "jwks_host": jwks_host,
+        "iat": now,
+        "exp": now + 600,
+        "ACCESS_KEY": ACCESS_KEY,
+        **changes,
+    }
     return {name: value for name, value in claims.items() if value is not None}
 
 
@@ -86,7 +97,7 @@ def test_valid_xdr_token_passes(key_server, keys):
 
     caller = authenticator.authenticate(f"Bearer {keys['a'].sign(claims)}", REQUEST_URL)
 
-    assert caller == Caller(entities_limit=50, claims=claims)
+    assert caller == Caller(entities_limit=50, claims=claims, tenant="soc")
     assert key_server.fetches() == 1
 
 
@@ -446,6 +457,7 @@ def test_unusable_authorization_headers_are_refused(key_server, authorization, r
 def test_key_server_down_is_reported(keys):
     port = free_port()  # nothing listens there any more
     settings = Settings(
+        access_keys=TEST_ACCESS_KEYS,
         jwks_hosts=(f"127.0.0.1:{port}",),
         jwks_url_template="http://{host}" + JWKS_PATH,
         jwks_timeout=2.0,
@@ -540,6 +552,7 @@ def test_slow_key_server_times_out(keys):
         server.expect_request(JWKS_PATH).respond_with_handler(stalled)
         host = f"127.0.0.1:{server.port}"
         settings = Settings(
+            access_keys=TEST_ACCESS_KEYS,
             jwks_hosts=(host,),
             jwks_url_template="http://{host}" + JWKS_PATH,
             jwks_timeout=0.3,
@@ -830,3 +843,59 @@ def test_token_cli_runs_as_a_module(token_env):
         f"Bearer {result.stdout.strip()}", REQUEST_URL
     )
     assert caller.entities_limit == 3
+
+
+# --- access keys: only the organisations the operator let in ------------------------------------
+
+
+def test_jwks_mode_without_access_keys_is_a_configuration_error(key_server):
+    with pytest.raises(ConfigError, match="RELAY_AUTH=jwks needs RELAY_ACCESS_KEYS"):
+        build_authenticator(jwks_settings(key_server, access_keys=()))
+
+
+def test_each_access_key_names_its_tenant_and_the_rest_are_refused(key_server, keys):
+    key_server.publish(keys["a"])
+    authenticator = build_authenticator(jwks_settings(key_server))
+
+    def tenant(**claims) -> str:
+        token = keys["a"].sign(xdr_claims(key_server.host, **claims))
+        return authenticator.authenticate(f"Bearer {token}", REQUEST_URL).tenant
+
+    assert tenant() == "soc"
+    assert tenant(ACCESS_KEY=OTHER_ACCESS_KEY) == "mssp-client-2"
+    for missing in (None, ""):
+        token = keys["a"].sign(xdr_claims(key_server.host, ACCESS_KEY=missing))
+        assert refusal(authenticator, f"Bearer {token}").startswith("access key missing")
+    for wrong in (ACCESS_KEY[:-1], ACCESS_KEY + "x", ACCESS_KEY.upper(), 42, [ACCESS_KEY], {"k": 1}):
+        token = keys["a"].sign(xdr_claims(key_server.host, ACCESS_KEY=wrong))
+        reason = refusal(authenticator, f"Bearer {token}")
+        assert reason.startswith("wrong access key")
+        assert ACCESS_KEY not in reason and "soc" not in reason
+
+
+def test_the_access_key_of_a_forged_token_is_never_looked_at(key_server, keys):
+    # The signature comes first: a token of nobody's cannot probe the keys.
+    key_server.publish(keys["a"])
+    authenticator = build_authenticator(jwks_settings(key_server))
+    forged = keys["attacker"].sign(xdr_claims(key_server.host), kid=keys["a"].kid)
+    assert refusal(authenticator, f"Bearer {forged}") == "bad signature"
+
+
+def test_any_organisation_is_one_tenant_with_a_loud_warning(key_server, keys, caplog):
+    caplog.set_level(logging.WARNING, logger="relay.auth")
+    key_server.publish(keys["a"])
+    authenticator = build_authenticator(jwks_settings(key_server, access_keys=(), any_organisation=True))
+    token = keys["a"].sign(xdr_claims(key_server.host, ACCESS_KEY=None))
+    assert authenticator.authenticate(f"Bearer {token}", REQUEST_URL).tenant == "any-organisation"
+    assert "RELAY_ANY_ORGANISATION=true: ANY XDR organisation" in caplog.text
+
+
+def test_secret_and_none_modes_are_one_tenant():
+    token = jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    assert (
+        build_authenticator(secret_settings()).authenticate(f"Bearer {token}", REQUEST_URL).tenant
+        == "default"
+    )
+    assert (
+        build_authenticator(Settings(relay_auth="none")).authenticate(None, REQUEST_URL).tenant == "default"
+    )

@@ -19,16 +19,20 @@ import pytest
 
 from relay.cache import (
     CACHE_FORMAT,
-    REDIS_KEY_PREFIX,
     CacheHit,
     FlightWaitTimeoutError,
     MemoryCache,
     NoCache,
     RedisCache,
+    ScopedCache,
+    SharedFlight,
     SingleFlight,
     TieredCache,
     build_cache,
     encoded_size,
+    redis_key,
+    redis_lock_key,
+    tenant_scope,
 )
 from relay.config import ConfigError, Settings
 from relay.redis_link import RedisLink, make_redis_client
@@ -220,22 +224,23 @@ def test_redis_cache_round_trips_found_answers_and_no_data(redis_server: RedisSe
     assert answer_of(cache.get(key + "-none")) is None
 
 
-def test_redis_entries_are_versioned_json_with_their_own_ttl(redis_server: RedisServer) -> None:
+def test_redis_entries_are_sealed_versioned_json_with_their_own_ttl(redis_server: RedisServer) -> None:
     cache = redis_cache(redis_server, ttl=3600, negative_ttl=600)
     cache.put("ip:1.1.1.1", fresh(FOUND))
     cache.put("ip:2.2.2.2", fresh(None))
+    found, no_data = redis_key(cache.link, "ip:1.1.1.1"), redis_key(cache.link, "ip:2.2.2.2")
 
     with redis_server.client() as direct:
-        assert sorted(direct.keys("*")) == [
-            f"{REDIS_KEY_PREFIX}ip:1.1.1.1".encode(),
-            f"{REDIS_KEY_PREFIX}ip:2.2.2.2".encode(),
-        ]
-        stored = json.loads(direct.get(f"{REDIS_KEY_PREFIX}ip:2.2.2.2"))
-        assert stored.keys() == {"v", "at", "answer"}
-        assert stored["v"] == CACHE_FORMAT and stored["answer"] is None
+        assert sorted(direct.keys("*")) == [found, no_data]
+        assert found.startswith(f"threatscore-relay:v{CACHE_FORMAT}:".encode())
+        mac, _, payload = direct.get(no_data).partition(b".")
+        assert len(mac) == 64  # HMAC-SHA256, hex
+        stored = json.loads(payload)
+        assert stored.keys() == {"v", "at", "ttl", "data"}
+        assert stored["v"] == CACHE_FORMAT and stored["data"] is None and stored["ttl"] == 600
         assert abs(stored["at"] - time.time()) < 60
-        assert 3590 < direct.ttl(f"{REDIS_KEY_PREFIX}ip:1.1.1.1") <= 3600
-        assert 590 < direct.ttl(f"{REDIS_KEY_PREFIX}ip:2.2.2.2") <= 600
+        assert 3590 < direct.ttl(found) <= 3600
+        assert 590 < direct.ttl(no_data) <= 600
 
 
 def test_redis_cache_does_not_store_a_kind_whose_ttl_is_zero(redis_server: RedisServer) -> None:
@@ -245,7 +250,7 @@ def test_redis_cache_does_not_store_a_kind_whose_ttl_is_zero(redis_server: Redis
 
     assert cache.get("ip:2.2.2.2") is None
     with redis_server.client() as direct:
-        assert direct.keys("*") == [f"{REDIS_KEY_PREFIX}ip:1.1.1.1".encode()]
+        assert direct.keys("*") == [redis_key(cache.link, "ip:1.1.1.1")]
 
 
 def test_two_function_instances_share_entries(redis_server: RedisServer) -> None:
@@ -273,7 +278,9 @@ FOREIGN_ENTRIES = [
     b'{"v": 2, "at": true, "answer": {}}',
     b'{"v": 2, "at": 1700000000, "answer": [1]}',
     b'{"v": 2, "at": 1700000000, "answer": {}, "extra": 1}',
+    b'{"v": 2, "at": NaN, "answer": {}}',
     b"[" * 100_000,  # nested past the parser's recursion limit
+    b"0" * 64 + b'.{"v": 3, "at": 1700000000, "ttl": 3600, "data": {}}',  # a MAC of nobody's
 ]
 
 
@@ -283,10 +290,12 @@ def test_an_entry_this_version_did_not_write_is_a_miss_and_is_replaced(
 ) -> None:
     cache = redis_cache(redis_server)
     with redis_server.client() as direct:
-        direct.set(f"{REDIS_KEY_PREFIX}ip:1.1.1.1", stored)
+        direct.set(redis_key(cache.link, "ip:1.1.1.1"), stored)
 
     assert cache.get("ip:1.1.1.1") is None
-    assert warnings_text(caplog) == ""  # not an error, and the relay's own words only
+    # Not an error, and the relay's own words only.
+    assert all(record.levelno < logging.ERROR for record in caplog.records)
+    assert "1.1.1.1" not in caplog.text
 
     cache.put("ip:1.1.1.1", fresh(FOUND))  # and the next answer replaces it
     assert answer_of(cache.get("ip:1.1.1.1")) == FOUND
@@ -625,3 +634,46 @@ def test_a_redis_that_trickles_its_answer_is_cut_off_at_the_calls_share_of_the_d
     assert seconds < 1.0  # its share: 0.3 s of a 3-s deadline (each byte came within the read timeout)
     assert next_seconds < 0.1
     assert "TimeoutError" in warnings_text(caplog)
+
+
+# --- tenants: each its own scope of one cache ------------------------------------------------------
+
+
+def test_each_tenants_scope_of_one_cache_is_its_own_unless_shared() -> None:
+    memory = MemoryCache(max_entries=10, ttl=60, negative_ttl=60)
+    soc, client = (
+        ScopedCache(memory, tenant_scope("soc", False)),
+        ScopedCache(memory, tenant_scope("client", False)),
+    )
+    soc.put("ip:1.1.1.1", fresh(FOUND))
+    assert client.get("ip:1.1.1.1") is None
+    assert answer_of(soc.get("ip:1.1.1.1")) == FOUND
+    client.put("ip:1.1.1.1", fresh(None))  # "no data" too is the tenant's own
+    assert answer_of(soc.get("ip:1.1.1.1")) == FOUND and answer_of(client.get("ip:1.1.1.1")) is None
+    client.forget("ip:1.1.1.1")
+    assert answer_of(soc.get("ip:1.1.1.1")) == FOUND
+
+    shared_a, shared_b = (
+        ScopedCache(memory, tenant_scope("soc", True)),
+        ScopedCache(memory, tenant_scope("b", True)),
+    )
+    shared_a.put("ip:2.2.2.2", fresh(FOUND))
+    assert answer_of(shared_b.get("ip:2.2.2.2")) == FOUND
+
+
+def test_a_tenants_redis_entries_and_locks_are_under_its_scope(redis_server: RedisServer) -> None:
+    shared = redis_cache(redis_server)
+    ScopedCache(shared, tenant_scope("soc", False)).put("ip:1.1.1.1", fresh(FOUND))
+    flight = SharedFlight(shared).scoped(tenant_scope("soc", False))
+    seen = []
+
+    def ask() -> str:
+        with redis_server.client() as direct:
+            seen.extend(sorted(direct.keys("*")))
+        return "asked"
+
+    assert flight.run("ip:9.9.9.9", time.monotonic() + 5, ask, lambda hit: "answered") == "asked"
+    assert seen == [
+        redis_key(shared.link, "tenant=soc/ip:1.1.1.1"),
+        redis_lock_key(shared.link, "tenant=soc/ip:9.9.9.9").encode(),
+    ]

@@ -231,3 +231,49 @@ def test_relay_lookup_internal_is_a_yes_or_no(raw, expected):
 def test_relay_lookup_internal_refuses_other_words():
     with pytest.raises(ConfigError, match="RELAY_LOOKUP_INTERNAL: must be true or false"):
         Settings.from_env({"RELAY_LOOKUP_INTERNAL": "sometimes"})
+
+
+# --- access keys and tenants ------------------------------------------------------------------
+
+KEY_A = "k" * 32
+KEY_B = "b" * 40
+
+
+def test_access_keys_name_their_tenants_and_a_tenant_may_have_two_for_rotation():
+    settings = Settings.from_env(
+        {"RELAY_ACCESS_KEYS": f" soc={KEY_A} , mssp-client-2={KEY_B},soc={'n' * 32}"}
+    )
+    assert settings.access_keys == (("soc", KEY_A), ("mssp-client-2", KEY_B), ("soc", "n" * 32))
+    assert KEY_A not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (f"soc{KEY_A}", "entry 1 is not TENANT=KEY"),
+        (f"soc={KEY_A}=x", "entry 1 is not TENANT=KEY"),
+        (f"Soc={KEY_A}", "entry 1: a tenant name is 1 to 63 lower-case letters, digits and hyphens"),
+        (f"so c={KEY_A}", "a tenant name is"),
+        (f"-soc={KEY_A}", "a tenant name is"),
+        (f"={KEY_A}", "a tenant name is"),
+        (f"soc={KEY_A},", "entry 2 is not TENANT=KEY"),
+        ("soc=short", "the key of tenant soc (entry 1) is shorter than 32 characters"),
+        (f"soc={KEY_A},other={KEY_A}", "entry 2 repeats a key already given"),
+        (f"soc={KEY_A},soc={KEY_B},soc={'c' * 32}", "tenant soc has more than 2 keys"),
+    ],
+)
+def test_bad_access_keys_stop_the_start_up_without_repeating_a_key(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"RELAY_ACCESS_KEYS": raw})
+    assert str(caught.value).startswith("RELAY_ACCESS_KEYS: ")
+    assert message in str(caught.value)
+    assert KEY_A not in str(caught.value) and "short" not in str(caught.value).replace("shorter", "")
+
+
+def test_access_keys_and_any_organisation_together_are_a_configuration_error():
+    with pytest.raises(ConfigError, match="contradict each other"):
+        Settings.from_env({"RELAY_ACCESS_KEYS": f"soc={KEY_A}", "RELAY_ANY_ORGANISATION": "true"})
+    assert Settings.from_env({"RELAY_ANY_ORGANISATION": "yes"}).any_organisation is True
+    assert Settings.from_env({"CACHE_SHARED_BETWEEN_TENANTS": "false"}).cache_shared_between_tenants is False
+    with pytest.raises(ConfigError, match="RELAY_ANY_ORGANISATION: must be true or false"):
+        Settings.from_env({"RELAY_ANY_ORGANISATION": "maybe"})

@@ -22,7 +22,7 @@ from pytest_httpserver import HTTPServer
 from relay.auth import build_authenticator
 from relay.config import Settings
 from tests import answers
-from tests.conftest import JWKS_PATH
+from tests.conftest import ACCESS_KEY, JWKS_PATH
 from tests.hostile_servers import HostileServer, gzip_bomb, head, wait_until
 from tests.test_auth import REQUEST_URL, jwks_settings, refusal, xdr_claims
 from tests.test_upstream_faults import GOOD, check_error_entry, check_good_entities_intact, observe
@@ -283,7 +283,11 @@ def test_a_key_server_whose_certificate_does_not_verify(keys, untrusted_https_ke
     untrusted_https_key_server.expect_request(JWKS_PATH).respond_with_json({"keys": [keys["a"].jwk()]})
     host = f"127.0.0.1:{untrusted_https_key_server.port}"
     settings = Settings(
-        jwks_hosts=(host,), jwks_url_template="https://{host}" + JWKS_PATH, jwks_timeout=2.0, audience=("x",)
+        jwks_hosts=(host,),
+        jwks_url_template="https://{host}" + JWKS_PATH,
+        jwks_timeout=2.0,
+        audience=("x",),
+        access_keys=(("soc", ACCESS_KEY),),
     )
     reason = refusal(build_authenticator(settings), f"Bearer {keys['a'].sign(xdr_claims(host))}")
     assert reason == "key server unreachable (its TLS certificate could not be verified)"
@@ -297,6 +301,7 @@ def test_a_key_server_that_does_not_speak_tls(keys, key_server):
         jwks_url_template="https://{host}" + JWKS_PATH,
         jwks_timeout=2.0,
         audience=("x",),
+        access_keys=(("soc", ACCESS_KEY),),
     )
     reason = refusal(build_authenticator(settings), f"Bearer {keys['a'].sign(xdr_claims(key_server.host))}")
     assert reason == "key server unreachable (no TLS handshake: does it speak https?)"

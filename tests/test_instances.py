@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from relay.cache import REDIS_KEY_PREFIX, redis_lock_key
-from relay.ratelimit import HOLD_BACK_KEY
+from relay.ratelimit import HOLD_BACK_NAME
 from simulator import Scripted
 from tests import answers
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, RelayRedis
 from tests.relay_process import RelayProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 OBSERVE = "/observe/observables"
+REDIS_SIGNING_KEY = "the-instances-redis-signing-key-0123456789"
 
 
 def ip(value: str) -> dict:
@@ -72,6 +72,7 @@ def instances(launch_relay, redis_server: RedisServer) -> Callable[..., list[Rel
     """`count` relay processes sharing the test's redis-server."""
 
     def start(count: int, **env: str) -> list[RelayProcess]:
+        env = {"REDIS_SIGNING_KEY": REDIS_SIGNING_KEY, **env}
         return [launch_relay(REDIS_URL=redis_server.url, **env) for _ in range(count)]
 
     return start
@@ -106,29 +107,31 @@ def test_an_answer_cached_through_one_instance_maps_identically_through_another_
 
 
 def test_when_the_lock_holder_dies_its_lock_expires_and_another_instance_asks(
-    threatscore, instances, redis_server: RedisServer
+    threatscore, instances, redis_server: RedisServer, relay_env
 ):
     threatscore.answer("198.51.100.9", answers.FOUR_ENGINES)
     (relay,) = instances(1)
     with redis_server.client() as direct:
         # An instance took the lock for 1.5 s, then died before answering.
-        direct.set(redis_lock_key("ip:198.51.100.9"), b"dead-holder", px=1500)
+        direct.set(RelayRedis(relay_env).lock_key("ip:198.51.100.9"), b"dead-holder", px=1500)
 
         body, elapsed = timed(lambda: observe(relay.url, [ip("198.51.100.9")]))
 
         assert answered(body) == ["198.51.100.9"]
         assert threatscore.calls_for("198.51.100.9") == 1
         assert elapsed > 1.0  # it waited for the holder's answer until the lock expired
-        assert direct.exists(f"{REDIS_KEY_PREFIX}ip:198.51.100.9")
-        assert not direct.exists(redis_lock_key("ip:198.51.100.9"))  # released after the answer
+        assert direct.exists(RelayRedis(relay_env).answer_key("ip:198.51.100.9"))
+        assert not direct.exists(
+            RelayRedis(relay_env).lock_key("ip:198.51.100.9")
+        )  # released after the answer
 
 
 def test_a_waiter_waits_for_another_instance_only_until_its_own_deadline(
-    threatscore, instances, redis_server: RedisServer
+    threatscore, instances, redis_server: RedisServer, relay_env
 ):
     (relay,) = instances(1, RELAY_DEADLINE="1")
     with redis_server.client() as direct:
-        direct.set(redis_lock_key("ip:198.51.100.10"), b"slow-holder", px=30_000)
+        direct.set(RelayRedis(relay_env).lock_key("ip:198.51.100.10"), b"slow-holder", px=30_000)
 
         body, elapsed = timed(lambda: observe(relay.url, [ip("198.51.100.10"), ip("198.51.100.11")]))
 
@@ -200,7 +203,12 @@ def test_a_trickling_redis_does_not_carry_a_request_past_its_deadline(
     threatscore, launch_relay, trickling_redis: TricklingRedis
 ):
     threatscore.answer("198.51.100.20", answers.FOUR_ENGINES)
-    relay = launch_relay(REDIS_URL=trickling_redis.url, RELAY_DEADLINE="3", THREATSCORE_RATE_LIMIT="50")
+    relay = launch_relay(
+        REDIS_URL=trickling_redis.url,
+        REDIS_SIGNING_KEY=REDIS_SIGNING_KEY,
+        RELAY_DEADLINE="3",
+        THREATSCORE_RATE_LIMIT="50",
+    )
     sent = [ip("198.51.100.20"), ip("198.51.100.21")]
 
     body, elapsed = timed(lambda: observe(relay.url, sent))
@@ -275,7 +283,7 @@ def test_a_lookup_that_cannot_get_a_turn_in_time_gets_the_relays_own_too_many_re
 
 
 def test_a_429_with_retry_after_makes_every_instance_hold_back(
-    threatscore, instances, redis_server: RedisServer
+    threatscore, instances, redis_server: RedisServer, relay_env
 ):
     threatscore.answer("198.51.100.50", {"error": "slow down"}, status=429, headers={"Retry-After": "3"})
     threatscore.answer("198.51.100.51", answers.FOUR_ENGINES)
@@ -288,5 +296,5 @@ def test_a_429_with_retry_after_makes_every_instance_hold_back(
     assert "Retry-After" in errors_by_code(held)["too many requests"][0]
     assert threatscore.calls_for("198.51.100.51") == 0  # the other instance held back
     with redis_server.client() as direct:
-        direct.delete(HOLD_BACK_KEY)  # the wait is over
+        direct.delete(RelayRedis(relay_env).namespaced(HOLD_BACK_NAME))  # the wait is over
     assert answered(observe(second.url, [ip("198.51.100.51")])) == ["198.51.100.51"]

@@ -13,6 +13,7 @@ import pytest
 
 from relay.logs import CloudLoggingFormatter, RequestStats, flush_logs, redact, setup_logging
 from tests import answers
+from tests.conftest import ACCESS_KEY, ACCESS_KEYS, OTHER_ACCESS_KEY
 
 OBSERVE = "/observe/observables"
 TOKEN = jwt.encode({"sub": "someone", "aud": "x"}, "a-signing-key-nobody-has-" + "k" * 16, algorithm="HS256")
@@ -402,6 +403,7 @@ def test_start_up_logs_one_line_saying_what_the_relay_is(threatscore, make_clien
         RELAY_AUTH="jwks",
         RELAY_JWKS_HOSTS="keys.example:8443",
         RELAY_AUDIENCE="https://relay.example/relay",
+        RELAY_ACCESS_KEYS=ACCESS_KEYS,
         RELAY_DEADLINE="12.5",
         CACHE_TTL="90",
     )
@@ -410,8 +412,9 @@ def test_start_up_logs_one_line_saying_what_the_relay_is(threatscore, make_clien
     [line] = [record for record in records if record["message"].startswith("Threatscore relay ")]
     message = line["message"]
     assert f"backend score at {threatscore.url}" in message
-    assert "auth jwks (key hosts keys.example:8443; audience set)" in message
-    assert "cache in memory, 90 s found / 600 s no data" in message
+    assert "auth jwks (key hosts keys.example:8443; audience set; tenants soc, mssp-client-2)" in message
+    assert "cache in memory, 90 s found / 600 s no data, one per tenant" in message
+    assert ACCESS_KEY not in message and OTHER_ACCESS_KEY not in message
     assert "deadline 12.5 s" in message
     assert "relay.example" not in message  # whether an audience is set, not which
 

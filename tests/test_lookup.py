@@ -16,14 +16,14 @@ from dataclasses import replace
 import pytest
 import requests
 
-from relay.cache import REDIS_KEY_PREFIX, NoCache
+from relay.cache import NoCache
 from relay.config import Settings
 from relay.logs import RequestStats
 from relay.lookup import Lookup
 from relay.observables import Observable
 from relay.threatscore import ScoreClient
 from tests import answers
-from tests.conftest import free_port
+from tests.conftest import RelayRedis, free_port
 from tests.test_app import OBSERVE, post
 
 # A deadlock must fail the run, not hang it.
@@ -276,7 +276,7 @@ def test_caching_can_be_switched_off(threatscore, make_client):
     assert threatscore.calls_for("198.51.100.7") == 3
 
 
-def test_redis_cache_is_shared_by_relay_instances(threatscore, make_client, redis_server):
+def test_redis_cache_is_shared_by_relay_instances(threatscore, make_client, redis_server, relay_env):
     threatscore.answer("198.51.100.7", answers.FOUR_ENGINES)
     sent = [{"type": "ip", "value": "198.51.100.7"}, {"type": "ip", "value": "203.0.113.9"}]
 
@@ -289,10 +289,10 @@ def test_redis_cache_is_shared_by_relay_instances(threatscore, make_client, redi
     assert observables_in(first) == observables_in(second) == sent[:1]
     assert second["data"]["judgements"]["count"] == first["data"]["judgements"]["count"] == 5
     with redis_server.client() as direct:
-        assert sorted(direct.keys("*")) == [
-            f"{REDIS_KEY_PREFIX}ip:198.51.100.7".encode(),
-            f"{REDIS_KEY_PREFIX}ip:203.0.113.9".encode(),
-        ]
+        names = RelayRedis(relay_env)
+        assert sorted(direct.keys("*")) == sorted(
+            [names.answer_key("ip:198.51.100.7"), names.answer_key("ip:203.0.113.9")]
+        )
 
 
 def test_with_redis_down_requests_are_answered_from_threatscore(

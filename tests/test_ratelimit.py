@@ -8,7 +8,7 @@ import time
 import pytest
 
 from relay.errors import TooManyRequestsError
-from relay.ratelimit import HOLD_BACK_KEY, Pacing
+from relay.ratelimit import HOLD_BACK_NAME, Pacing
 from relay.redis_link import RedisLink, make_redis_client
 from tests.conftest import RedisServer
 
@@ -68,10 +68,20 @@ def test_a_429_is_shared_through_redis_and_a_foreign_value_is_ignored(redis_serv
         second.before_attempt(time.monotonic() + 1)
     second.before_attempt(time.monotonic() + 10)
     assert len(sleep.waits) == 1 and 2.0 < sleep.waits[0] <= 3.0
+    hold_back_key = first._link.namespaced(HOLD_BACK_NAME)
     with redis_server.client() as direct:
-        assert 0 < direct.pttl(HOLD_BACK_KEY) <= 3000
-        for foreign in (b"inf", b"nan", b"soon", b"-1"):
-            direct.set(HOLD_BACK_KEY, foreign)
+        assert 0 < direct.pttl(hold_back_key) <= 3000
+        sealed = direct.get(hold_back_key)
+        forged = [
+            b"inf",
+            b"nan",
+            b"soon",
+            b"-1",
+            b"9999999999",
+            sealed[:64] + b'.{"v":3,"at":0,"ttl":1e9,"data":1e12}',
+        ]
+        for foreign in forged:
+            direct.set(hold_back_key, foreign)
             Pacing(0, RedisLink(make_redis_client(redis_server.url))).before_attempt(time.monotonic() + 1)
 
 
@@ -83,4 +93,5 @@ def test_the_shared_limit_survives_a_redis_restart(redis_server: RedisServer) ->
     redis_server.start()  # empty: the limiter's Lua scripts are loaded again
     pacing.before_attempt(time.monotonic() + 5)
     with redis_server.client() as direct:
-        assert any(b"threatscore" in key for key in direct.keys("*"))
+        namespace = pacing._link.namespaced("rate-limit").encode()
+        assert any(namespace in key for key in direct.keys("*"))

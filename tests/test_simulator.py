@@ -18,6 +18,7 @@ from simulator import NOT_FOUND_BODY, V3_PATH, Scripted, ThreatscoreSimulator, f
 from simulator.answers import AnswersError, load_answers
 from simulator.catalogue import ENTRIES
 from simulator.xdr import XdrKeys
+from tests.conftest import ACCESS_KEY, ACCESS_KEYS
 from tests.ctim import check_answer
 from tests.relay_process import ROOT, stop_process
 
@@ -321,6 +322,8 @@ def test_xdr_token_carries_what_xdr_puts_in_a_module_token(tmp_path):
             "http://127.0.0.1:9/",
             "--limit",
             "3",
+            "--access-key",
+            ACCESS_KEY,
             "--simulator",
             "127.0.0.1:9999",
             "--key-file",
@@ -339,6 +342,7 @@ def test_xdr_token_carries_what_xdr_puts_in_a_module_token(tmp_path):
     public = jwt.PyJWK(keys.jwks()["keys"][0]).key
     claims = jwt.decode(token, public, algorithms=["RS256"], audience="http://127.0.0.1:9/")
     assert claims["jwks_host"] == "127.0.0.1:9999" and claims["CTR_ENTITIES_LIMIT"] == 3
+    assert claims["ACCESS_KEY"] == ACCESS_KEY  # the module's custom_ACCESS_KEY
     assert claims["exp"] - claims["iat"] == 3600
 
 
@@ -351,8 +355,11 @@ def test_the_relay_in_jwks_mode_accepts_the_simulators_tokens(tmp_path: Path, la
             RELAY_AUTH="jwks",
             RELAY_JWKS_HOSTS=simulator.host_port,
             RELAY_JWKS_URL_TEMPLATE="http://{host}/.well-known/jwks",
+            RELAY_ACCESS_KEYS=ACCESS_KEYS,
         )
-        token = keys.token(jwks_host=simulator.host_port, audience=relay.url, entities_limit=1)
+        token = keys.token(
+            jwks_host=simulator.host_port, audience=relay.url, entities_limit=1, access_key=ACCESS_KEY
+        )
         body = [{"type": "ip", "value": "203.0.113.5"}]
 
         accepted = http.post(f"{relay.url}{OBSERVE}", json=body, headers={"Authorization": f"Bearer {token}"})
