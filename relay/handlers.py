@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -18,8 +19,16 @@ from urllib.parse import quote
 import orjson
 from cachetools import LRUCache
 
+from relay.cache import FlightWaitTimeoutError, SingleFlight
 from relay.config import Settings
-from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, RelayError, envelope
+from relay.errors import (
+    AnswerTooLargeError,
+    DeadlineExceededError,
+    HealthCheckError,
+    InternalError,
+    RelayError,
+    envelope,
+)
 from relay.logs import RequestStats
 from relay.lookup import Lookup, Outcome
 from relay.mapping import MappingOptions, map_answer, search_url
@@ -72,6 +81,7 @@ class Handlers:
         # The types the configured Threatscore API looks up (parse_observables keeps only these).
         self.supported_types = TYPES_BY_API[settings.threatscore_api]
         self._health_probe = health_probe(settings.health_observable, self.supported_types)
+        self._health_checks = HealthChecks(settings.health_cache_seconds)
 
     def observe(self, observables: list[Observable], context: RequestContext) -> dict:
         return self._enrich(observables, context, ENTITY_KINDS)
@@ -83,13 +93,21 @@ class Handlers:
         return {"data": [self._reference(observable) for observable in observables]}
 
     def health(self, context: RequestContext) -> dict:
-        """A real probe of the configured Threatscore API, never answered from the cache:
-        "no data" is healthy, any failure (a refusal too) says what failed."""
-        error = self._lookup.probe(self._health_probe, context.deadline, context.stats).error
+        """A real probe of the configured Threatscore API, never answered from the answer cache:
+        "no data" is healthy, any failure (a refusal too) says what failed. Concurrent checks
+        share one probe, and a probe's result is reused for HEALTH_CACHE_SECONDS."""
+        error = self._health_checks.result(
+            lambda: self._lookup.probe(self._health_probe, context.deadline, context.stats).error,
+            context.deadline,
+        )
+        notes = self._lookup.holding_back(context.deadline)
         if error is not None:
-            failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
+            words = "; ".join([error.message, *(note for note in notes if note not in error.message)])
+            failure = HealthCheckError(f"Threatscore health check failed: {words}")
             context.stats.count_error(failure.code, failure.message)
             return envelope([failure])
+        if notes:
+            return {"data": {"status": "ok", "message": f"Threatscore answers; {'; '.join(notes)}"}}
         return {"data": {"status": "ok"}}
 
     def version(self) -> dict:
@@ -157,6 +175,33 @@ class Handlers:
             "url": search_url(self._settings.threatscore_ui_url, observable.lookup_value),
             "categories": ["Threatscore", "Search"],
         }
+
+
+class HealthChecks:
+    """One probe for concurrent health checks, its result reused for `reuse_for` seconds."""
+
+    def __init__(self, reuse_for: float):
+        self._reuse_for = reuse_for
+        self._flight = SingleFlight()
+        self._lock = threading.Lock()
+        self._last: tuple[float, RelayError | None] | None = None  # (when, what the probe found)
+
+    def result(self, probe: Callable[[], RelayError | None], deadline: float) -> RelayError | None:
+        with self._lock:
+            last = self._last
+        if last is not None and time.monotonic() - last[0] < self._reuse_for:
+            return last[1]
+
+        def probed() -> RelayError | None:
+            error = probe()
+            with self._lock:
+                self._last = (time.monotonic(), error)
+            return error
+
+        try:
+            return self._flight.do("health", probed, deadline)
+        except FlightWaitTimeoutError:
+            return DeadlineExceededError("Threatscore did not answer before the relay's deadline")
 
 
 @dataclass(frozen=True)

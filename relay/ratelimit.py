@@ -12,20 +12,24 @@ transport calls it), `Pacing.rate_limited` when Threatscore answers 429 with
   more, then fails with the relay's own `too many requests`.
 - A 429 with `Retry-After` from Threatscore is written to Redis (one key,
   expiring when the wait does), and every instance reads it before each
-  attempt: all of them hold back, not only the one that got the 429.
+  attempt: all of them hold back, not only the one that got the 429. The wait
+  is never longer than THREATSCORE_MAX_RETRY_AFTER, whatever Threatscore asks
+  (a `Retry-After: 86400` would otherwise stop every lookup for a day), nor
+  whatever an entry in Redis says.
+- While the circuit breaker (relay.breaker) is not closed, a failed attempt
+  is not retried.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import threading
 import time
 from collections.abc import Callable
 
-from relay.cache import CACHE_FORMAT
+from relay.breaker import Breaker, decode_value, encode_value, redis_key
 from relay.config import Settings
 from relay.errors import TooManyRequestsError
 from relay.redis_link import RedisLink, RedisUnavailableError
@@ -33,11 +37,16 @@ from relay.redis_link import RedisLink, RedisUnavailableError
 logger = logging.getLogger(__name__)
 
 RATE_LIMIT_KEY = "threatscore"
-HOLD_BACK_KEY = f"threatscore-relay:v{CACHE_FORMAT}:hold-back-until"
+HOLD_BACK_KEY = redis_key("hold-back-until")
+DEFAULT_MAX_HOLD_BACK = 60.0
 # An attempt needs at least this long before the deadline to be worth a turn.
 MIN_ATTEMPT_SECONDS = 0.05
 # Waiters wake a little after a turn frees up, spread out so that they do not all ask at once.
 WAKE_JITTER = 0.03
+
+
+class HoldBackError(TooManyRequestsError):
+    """A lookup not sent because Threatscore asked the relay to wait (429 Retry-After)."""
 
 
 class Pacing:
@@ -48,8 +57,12 @@ class Pacing:
         redis_url: str | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        max_hold_back: float = DEFAULT_MAX_HOLD_BACK,
+        breaker: Breaker | None = None,
     ):
         self._link = link
+        self.max_hold_back = max_hold_back
+        self._breaker = breaker
         self._sleep = sleep
         self._item = None
         self._shared = None
@@ -83,35 +96,64 @@ class Pacing:
         if self._item is not None:
             self._wait_for_turn(deadline)
 
-    def rate_limited(self, retry_after: float) -> None:
-        """Threatscore answered 429 asking to wait `retry_after` s: every instance holds back."""
-        until = time.time() + retry_after
+    def may_retry(self) -> bool:
+        """Whether a failed attempt may be tried again (not while the breaker is open)."""
+        return self._breaker is None or self._breaker.may_retry()
+
+    def rate_limited(self, retry_after: float) -> float:
+        """Threatscore answered 429 asking to wait `retry_after` s: every instance holds back,
+        at most `max_hold_back` s. Returns the wait used."""
+        used = min(retry_after, self.max_hold_back)
+        now = time.time()
+        until = now + used
         with self._hold_lock:
+            already = self._hold_until_here > now
             self._hold_until_here = max(self._hold_until_here, until)
-        if self._link is None or retry_after <= 0:
-            return
+        if retry_after > self.max_hold_back and not already:
+            # Once per hold-back, not once per lookup that gets the same answer.
+            logger.warning(
+                "Threatscore asked the relay to wait %g s (HTTP 429 Retry-After); holding back %g s only"
+                " (THREATSCORE_MAX_RETRY_AFTER)",
+                retry_after,
+                used,
+            )
+        if self._link is None or used <= 0:
+            return used
         with contextlib.suppress(RedisUnavailableError):
             self._link.call(
                 "write",
-                lambda client: client.set(HOLD_BACK_KEY, repr(until), px=max(1, round(retry_after * 1000))),
+                lambda client: client.set(HOLD_BACK_KEY, encode_value(until), px=max(1, round(used * 1000))),
                 None,
             )
+        return used
 
-    def _hold_back(self, deadline: float | None) -> None:
+    def hold_back_until(self, deadline: float | None) -> float:
+        """Until when (epoch seconds) the relay holds back, for every instance; in the past: not."""
         until = self._hold_until_here
         if self._link is not None:
             try:
                 raw = self._link.call("read", lambda client: client.get(HOLD_BACK_KEY), deadline)
             except RedisUnavailableError:
                 raw = None
-            until = max(until, _as_time(raw))
-        wait = until - time.time()
+            until = max(until, decode_value(raw))
+        # Whatever Redis holds (an older relay's entry, a foreign value), never past the bound.
+        return min(until, time.time() + self.max_hold_back)
+
+    def describe(self, deadline: float | None) -> str | None:
+        """The hold-back's state for /health while it holds; None otherwise."""
+        wait = self.hold_back_until(deadline) - time.time()
+        if wait <= 0:
+            return None
+        return f"holding back after an HTTP 429 from Threatscore for another {wait:.0f} s"
+
+    def _hold_back(self, deadline: float | None) -> None:
+        wait = self.hold_back_until(deadline) - time.time()
         if wait <= 0:
             return
         if not _fits(wait, deadline):
-            raise TooManyRequestsError(
-                f"Threatscore asked the relay to wait {wait:.1f} s (HTTP 429 Retry-After),"
-                " longer than the relay's deadline allows"
+            raise HoldBackError(
+                f"Threatscore asked the relay to wait (HTTP 429 Retry-After): the relay holds back for"
+                f" another {wait:.1f} s, longer than the relay's deadline allows"
             )
         self._sleep(wait)
 
@@ -166,21 +208,19 @@ def _turn(limiter, item) -> tuple[bool, float]:
     return False, limiter.get_window_stats(item, RATE_LIMIT_KEY).reset_time
 
 
-def _as_time(raw: bytes | None) -> float:
-    try:
-        value = float(raw) if raw is not None else 0.0
-    except ValueError:
-        return 0.0
-    return value if math.isfinite(value) else 0.0
-
-
 def _fits(wait: float, deadline: float | None) -> bool:
     return deadline is None or time.monotonic() + wait + MIN_ATTEMPT_SECONDS < deadline
 
 
-def build_pacing(settings: Settings, link: RedisLink | None) -> Pacing:
+def build_pacing(settings: Settings, link: RedisLink | None, breaker: Breaker | None = None) -> Pacing:
     if settings.threatscore_rate_limit:
         where = f"shared through Redis at {link.server}" if link else "per instance"
         limit = settings.threatscore_rate_limit
         logger.info("Threatscore rate limit: %d lookups per second, %s", limit, where)
-    return Pacing(settings.threatscore_rate_limit, link, settings.redis_url)
+    return Pacing(
+        settings.threatscore_rate_limit,
+        link,
+        settings.redis_url,
+        max_hold_back=settings.threatscore_max_retry_after,
+        breaker=breaker,
+    )

@@ -1,0 +1,381 @@
+"""The circuit breaker in front of Threatscore, shared by all instances.
+
+While Threatscore fails (5xx, timeouts, refused or broken connections), asking
+it again only costs analysts time and Threatscore calls. The breaker counts
+failed lookups (after their retries), on every instance together:
+
+- closed: lookups go to Threatscore; an answer resets the count;
+- open (after `BREAKER_FAILURES` failures in a row): lookups that need
+  Threatscore fail at once with `service unavailable`, saying when the relay
+  tries again; cached answers are still served;
+- after `BREAKER_COOL_DOWN` seconds exactly one lookup, across all instances,
+  probes Threatscore (a Redis `SET NX`): an answer closes the breaker, a
+  failure opens it for another cool-down.
+
+An answer of any kind counts as Threatscore being up: "no data", a refusal
+(401/403), a 404 "Observable not found". A 429 is neither (the hold-back of
+`relay.ratelimit` deals with it).
+
+With Redis (REDIS_URL) the state lives there; without it, or while Redis is
+down, each instance keeps its own. Every Redis key this module and the
+hold-back write is named by `redis_key`, and every value goes through
+`encode_value` / `decode_value`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from relay.config import Settings
+from relay.errors import (
+    DeadlineExceededError,
+    RelayError,
+    TooManyRequestsError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+    UpstreamTLSError,
+    UpstreamUnavailableError,
+)
+from relay.redis_link import RedisLink, RedisUnavailableError
+
+logger = logging.getLogger(__name__)
+
+# The key format of the relay's shared state (as relay.cache.CACHE_FORMAT; kept apart so
+# that this module does not depend on the cache's).
+KEY_PREFIX = "threatscore-relay:v2:"
+# How long a failure count lives without a new failure: a run of failures hours apart is no outage.
+FAILURE_COUNT_TTL = 600.0
+# An open breaker's Redis entry outlives its cool-down by this much (the probe clears it).
+OPEN_ENTRY_GRACE = 3600.0
+# A probe's claim expires this long after the relay's deadline (if its instance died meanwhile).
+PROBE_CLAIM_GRACE = 5.0
+
+
+def redis_key(name: str) -> str:
+    """The Redis key of one piece of shared state (the breaker's, the hold-back's)."""
+    return KEY_PREFIX + name
+
+
+def encode_value(value: float) -> bytes:
+    """A shared instant (epoch seconds) as stored in Redis."""
+    return repr(float(value)).encode("ascii")
+
+
+def decode_value(raw: bytes | str | None) -> float:
+    """What `encode_value` wrote; 0.0 for nothing, or anything else (never trusted blindly)."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if value == value and abs(value) != float("inf") else 0.0
+
+
+FAILURES_KEY = redis_key("breaker:failures")
+OPEN_UNTIL_KEY = redis_key("breaker:open-until")
+PROBE_KEY = redis_key("breaker:probe")
+
+
+class BreakerOpenError(UpstreamUnavailableError):
+    """A lookup the open breaker did not send to Threatscore."""
+
+
+# Failures of the service, not answers about one observable.
+SERVICE_FAILURES = (
+    UpstreamUnavailableError,
+    UpstreamTimeoutError,
+    UpstreamConnectionError,
+    UpstreamTLSError,
+    DeadlineExceededError,
+)
+
+
+def is_service_failure(error: RelayError | None) -> bool:
+    return isinstance(error, SERVICE_FAILURES) and not isinstance(error, BreakerOpenError)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Leave to ask Threatscore: `probe` when this lookup is the one testing an open breaker."""
+
+    probe: bool = False
+
+
+class _LocalState:
+    """The breaker's state in this process (no Redis, or Redis down)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.open_until = 0.0
+        self.probe_until = 0.0
+
+    def read_open_until(self) -> float:
+        return self.open_until
+
+    def count_failure(self) -> int:
+        with self._lock:
+            self.failures += 1
+            return self.failures
+
+    def open(self, until: float) -> bool:
+        with self._lock:
+            if self.open_until:
+                return False
+            self.open_until = until
+            return True
+
+    def reopen(self, until: float) -> None:
+        with self._lock:
+            self.open_until = until
+            self.probe_until = 0.0
+
+    def take_probe(self, claim: float) -> bool:
+        now = time.time()
+        with self._lock:
+            if self.probe_until > now:
+                return False
+            self.probe_until = now + claim
+            return True
+
+    def release_probe(self) -> None:
+        self.probe_until = 0.0
+
+    def close(self) -> bool:
+        with self._lock:
+            was_open = bool(self.open_until)
+            self.failures, self.open_until, self.probe_until = 0, 0.0, 0.0
+            return was_open
+
+    def reset_failures(self) -> None:
+        self.failures = 0
+
+
+class _SharedState:
+    """The breaker's state in Redis: what every instance reads and writes."""
+
+    def __init__(self, link: RedisLink):
+        self._link = link
+
+    def read_open_until(self, deadline: float | None) -> float:
+        return decode_value(self._link.call("read", lambda client: client.get(OPEN_UNTIL_KEY), deadline))
+
+    def count_failure(self, deadline: float | None) -> int:
+        def count(client) -> int:
+            pipe = client.pipeline(transaction=True)
+            pipe.incr(FAILURES_KEY)
+            pipe.pexpire(FAILURES_KEY, int(FAILURE_COUNT_TTL * 1000))
+            return int(pipe.execute()[0])
+
+        return self._link.call("write", count, deadline)
+
+    def open(self, until: float, deadline: float | None) -> bool:
+        ttl = _ms(until - time.time() + OPEN_ENTRY_GRACE)
+        value = encode_value(until)
+
+        def open_once(client) -> bool:
+            return bool(client.set(OPEN_UNTIL_KEY, value, nx=True, px=ttl))
+
+        return self._link.call("write", open_once, deadline)
+
+    def reopen(self, until: float, deadline: float | None) -> None:
+        ttl = _ms(until - time.time() + OPEN_ENTRY_GRACE)
+
+        def reopen(client) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.set(OPEN_UNTIL_KEY, encode_value(until), px=ttl)
+            pipe.delete(PROBE_KEY)
+            pipe.execute()
+
+        self._link.call("write", reopen, deadline)
+
+    def take_probe(self, claim: float, deadline: float | None) -> bool:
+        token = encode_value(time.time())  # who probes does not matter, only that one does
+        return bool(
+            self._link.call(
+                "write", lambda client: client.set(PROBE_KEY, token, nx=True, px=_ms(claim)), deadline
+            )
+        )
+
+    def release_probe(self, deadline: float | None) -> None:
+        self._link.call("write", lambda client: client.delete(PROBE_KEY), deadline)
+
+    def close(self, deadline: float | None) -> bool:
+        def close(client) -> int:
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(OPEN_UNTIL_KEY)
+            pipe.delete(PROBE_KEY, FAILURES_KEY)
+            return int(pipe.execute()[0])
+
+        return bool(self._link.call("write", close, deadline))
+
+    def reset_failures(self, deadline: float | None) -> None:
+        self._link.call("write", lambda client: client.delete(FAILURES_KEY), deadline)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class Breaker:
+    """`admit` before a lookup asks Threatscore, `record` after it; `may_retry` before a retry."""
+
+    def __init__(
+        self,
+        failures: int,
+        cool_down: float,
+        link: RedisLink | None = None,
+        *,
+        probe_claim: float = 25.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.failures = failures
+        self.cool_down = cool_down
+        self._probe_claim = probe_claim
+        self._clock = clock
+        self._local = _LocalState()
+        self._shared = _SharedState(link) if link is not None else None
+        # This instance's latest view of the shared state (0: closed), for `may_retry` and /health.
+        self._open_until_seen = 0.0
+        self._last_failures = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.failures > 0
+
+    def admit(self, deadline: float | None) -> Ticket:
+        """Leave to ask Threatscore, or `BreakerOpenError` at once."""
+        if not self.enabled:
+            return Ticket()
+        open_until = self._run("read_open_until", deadline)
+        self._open_until_seen = open_until
+        if not open_until:
+            return Ticket()
+        now = self._clock()
+        if now < open_until:
+            raise self._open_error(open_until, now)
+        if self._run("take_probe", deadline, self._probe_claim):
+            logger.warning(
+                "Threatscore circuit breaker probing: the cool-down is over, one lookup asks Threatscore"
+            )
+            return Ticket(probe=True)
+        raise BreakerOpenError(
+            "Threatscore has been failing, so the relay is not asking it for now; one lookup is testing"
+            f" it at this moment, and the relay tries again within {self._probe_claim:g} s"
+        )
+
+    def may_retry(self) -> bool:
+        """Whether a failed attempt may be retried: not while the breaker is open or probing
+        (a probe is one attempt; lookups in flight when it opened stop at their next retry)."""
+        return not (self.enabled and self._open_until_seen)
+
+    def record(self, ticket: Ticket, error: RelayError | None, deadline: float | None) -> None:
+        """What the lookup admitted by `ticket` came to: `error` None for any answer."""
+        if not self.enabled:
+            return
+        if is_service_failure(error):
+            self._failed(ticket, error, deadline)
+        elif error is None or not _neutral(error):
+            self._answered(ticket, deadline)
+        elif ticket.probe:  # held back (429, rate limit): someone else may probe
+            self._run("release_probe", deadline)
+
+    def describe(self) -> str | None:
+        """The state for /health when it is not closed; None when closed."""
+        if not self.enabled or not self._open_until_seen:
+            return None
+        now = self._clock()
+        if now < self._open_until_seen:
+            again = _at(self._open_until_seen, now)
+            return f"the circuit breaker is open: Threatscore is tried again at {again}"
+        return "the circuit breaker is probing: one lookup is testing Threatscore"
+
+    def refresh(self, deadline: float | None) -> None:
+        """Reads the shared state (for /health, which may not have looked anything up)."""
+        if self.enabled:
+            self._open_until_seen = self._run("read_open_until", deadline)
+
+    def _failed(self, ticket: Ticket, error: RelayError | None, deadline: float | None) -> None:
+        until = self._clock() + self.cool_down
+        if ticket.probe:
+            self._run("reopen", deadline, until)
+            self._open_until_seen = until
+            logger.warning(
+                "Threatscore circuit breaker opened again: the probe failed (%s); next try at %s",
+                error.message if error else "",
+                _at(until, self._clock()),
+            )
+            return
+        count = self._run("count_failure", deadline)
+        self._last_failures = count
+        if count < self.failures:
+            return
+        if self._run("open", deadline, until):
+            self._open_until_seen = until
+            logger.warning(
+                "Threatscore circuit breaker opened: %d lookups in a row failed (last: %s); lookups that"
+                " need Threatscore fail at once until %s, cached answers are still served",
+                count,
+                error.message if error else "",
+                _at(until, self._clock()),
+            )
+        elif not self._open_until_seen:
+            self._open_until_seen = self._run("read_open_until", deadline)
+
+    def _answered(self, ticket: Ticket, deadline: float | None) -> None:
+        if ticket.probe or self._open_until_seen:
+            self._open_until_seen = 0.0
+            if self._run("close", deadline):
+                logger.warning("Threatscore circuit breaker closed: Threatscore answers again")
+            return
+        self._run("reset_failures", deadline)
+
+    def _open_error(self, open_until: float, now: float) -> BreakerOpenError:
+        return BreakerOpenError(
+            f"Threatscore has been failing ({self.failures} or more lookups in a row), so the relay is"
+            f" not asking it for now; it tries again at {_at(open_until, now)}"
+        )
+
+    def _run(self, operation: str, deadline: float | None, *args):
+        """`operation` on the shared state, or on this instance's own while Redis is out."""
+        if self._shared is not None:
+            try:
+                return getattr(self._shared, operation)(*args, deadline)
+            except RedisUnavailableError:
+                pass
+        return getattr(self._local, operation)(*args)
+
+
+def _neutral(error: RelayError) -> bool:
+    """Not an answer, not a failure: the lookup never got Threatscore's word (a 429, the
+    relay's own rate limit or hold-back)."""
+    return isinstance(error, TooManyRequestsError)
+
+
+def _at(instant: float, now: float) -> str:
+    clock = datetime.fromtimestamp(instant, UTC).strftime("%H:%M:%S UTC")
+    return f"{clock} (in {max(0.0, instant - now):.0f} s)"
+
+
+def build_breaker(settings: Settings, link: RedisLink | None) -> Breaker:
+    breaker = Breaker(
+        settings.breaker_failures,
+        settings.breaker_cool_down,
+        link,
+        probe_claim=settings.relay_deadline + PROBE_CLAIM_GRACE,
+    )
+    if breaker.enabled:
+        where = f"shared through Redis at {link.server}" if link else "per instance"
+        logger.info(
+            "Threatscore circuit breaker: opens after %d failed lookups in a row, cool-down %g s, %s",
+            settings.breaker_failures,
+            settings.breaker_cool_down,
+            where,
+        )
+    return breaker
