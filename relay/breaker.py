@@ -79,7 +79,12 @@ def decode_value(raw: bytes | str | None) -> float:
 
 FAILURES_KEY = redis_key("breaker:failures")
 OPEN_UNTIL_KEY = redis_key("breaker:open-until")
-PROBE_KEY = redis_key("breaker:probe")
+
+
+def probe_key(period: float) -> str:
+    """The claim of the probe that ends the open period `period` (its open-until instant): a
+    lookup that read an earlier period can never claim the probe of a later one."""
+    return redis_key(f"breaker:probe:{encode_value(period).decode('ascii')}")
 
 
 class BreakerOpenError(UpstreamUnavailableError):
@@ -105,6 +110,7 @@ class Ticket:
     """Leave to ask Threatscore: `probe` when this lookup is the one testing an open breaker."""
 
     probe: bool = False
+    period: float = 0.0  # the open-until instant whose probe this is
 
 
 class _LocalState:
@@ -114,6 +120,7 @@ class _LocalState:
         self._lock = threading.Lock()
         self.failures = 0
         self.open_until = 0.0
+        self.probed_period = 0.0
         self.probe_until = 0.0
 
     def read_open_until(self) -> float:
@@ -134,23 +141,24 @@ class _LocalState:
     def reopen(self, until: float) -> None:
         with self._lock:
             self.open_until = until
-            self.probe_until = 0.0
 
-    def take_probe(self, claim: float) -> bool:
+    def take_probe(self, period: float, claim: float) -> bool:
         now = time.time()
         with self._lock:
-            if self.probe_until > now:
+            if self.probed_period == period and self.probe_until > now:
                 return False
-            self.probe_until = now + claim
+            self.probed_period, self.probe_until = period, now + claim
             return True
 
-    def release_probe(self) -> None:
-        self.probe_until = 0.0
+    def release_probe(self, period: float) -> None:
+        with self._lock:
+            if self.probed_period == period:
+                self.probe_until = 0.0
 
     def close(self) -> bool:
         with self._lock:
             was_open = bool(self.open_until)
-            self.failures, self.open_until, self.probe_until = 0, 0.0, 0.0
+            self.failures, self.open_until = 0, 0.0
             return was_open
 
     def reset_failures(self) -> None:
@@ -187,30 +195,26 @@ class _SharedState:
     def reopen(self, until: float, deadline: float | None) -> None:
         ttl = _ms(until - time.time() + OPEN_ENTRY_GRACE)
 
-        def reopen(client) -> None:
-            pipe = client.pipeline(transaction=True)
-            pipe.set(OPEN_UNTIL_KEY, encode_value(until), px=ttl)
-            pipe.delete(PROBE_KEY)
-            pipe.execute()
+        value = encode_value(until)
+        self._link.call("write", lambda client: client.set(OPEN_UNTIL_KEY, value, px=ttl), deadline)
 
-        self._link.call("write", reopen, deadline)
-
-    def take_probe(self, claim: float, deadline: float | None) -> bool:
+    def take_probe(self, period: float, claim: float, deadline: float | None) -> bool:
+        """One claim per open period, across all instances (SET NX): the probe's."""
         token = encode_value(time.time())  # who probes does not matter, only that one does
+        key = probe_key(period)
         return bool(
-            self._link.call(
-                "write", lambda client: client.set(PROBE_KEY, token, nx=True, px=_ms(claim)), deadline
-            )
+            self._link.call("write", lambda client: client.set(key, token, nx=True, px=_ms(claim)), deadline)
         )
 
-    def release_probe(self, deadline: float | None) -> None:
-        self._link.call("write", lambda client: client.delete(PROBE_KEY), deadline)
+    def release_probe(self, period: float, deadline: float | None) -> None:
+        key = probe_key(period)
+        self._link.call("write", lambda client: client.delete(key), deadline)
 
     def close(self, deadline: float | None) -> bool:
         def close(client) -> int:
             pipe = client.pipeline(transaction=True)
             pipe.delete(OPEN_UNTIL_KEY)
-            pipe.delete(PROBE_KEY, FAILURES_KEY)
+            pipe.delete(FAILURES_KEY)
             return int(pipe.execute()[0])
 
         return bool(self._link.call("write", close, deadline))
@@ -260,11 +264,11 @@ class Breaker:
         now = self._clock()
         if now < open_until:
             raise self._open_error(open_until, now)
-        if self._run("take_probe", deadline, self._probe_claim):
+        if self._run("take_probe", deadline, open_until, self._probe_claim):
             logger.warning(
                 "Threatscore circuit breaker probing: the cool-down is over, one lookup asks Threatscore"
             )
-            return Ticket(probe=True)
+            return Ticket(probe=True, period=open_until)
         raise BreakerOpenError(
             "Threatscore has been failing, so the relay is not asking it for now; one lookup is testing"
             f" it at this moment, and the relay tries again within {self._probe_claim:g} s"
@@ -284,7 +288,7 @@ class Breaker:
         elif error is None or not _neutral(error):
             self._answered(ticket, deadline)
         elif ticket.probe:  # held back (429, rate limit): someone else may probe
-            self._run("release_probe", deadline)
+            self._run("release_probe", deadline, ticket.period)
 
     def describe(self) -> str | None:
         """The state for /health when it is not closed; None when closed."""

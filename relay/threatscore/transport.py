@@ -47,6 +47,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_BACKOFF_FACTOR = 0.2
 RETRY_JITTER = 0.1
 RETRY_BACKOFF_MAX = 5.0
+# The longest Retry-After read as such (a year): anything longer is absurd anyway.
+RETRY_AFTER_READ_MAX = 365 * 24 * 3600
 # An attempt that would have less time than this before the deadline is not worth starting.
 MIN_ATTEMPT_SECONDS = 0.05
 
@@ -92,6 +94,9 @@ def retry_policy(retries: int) -> RetryPolicy:
         backoff_jitter=RETRY_JITTER,
         backoff_max=RETRY_BACKOFF_MAX,
         respect_retry_after_header=True,
+        # What Threatscore asks is read as asked (urllib3 would cut it to six hours); the relay
+        # bounds the wait itself (THREATSCORE_MAX_RETRY_AFTER) and logs what was asked.
+        retry_after_max=RETRY_AFTER_READ_MAX,
         raise_on_status=False,
     )
 
