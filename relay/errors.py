@@ -102,6 +102,13 @@ class AnswerTooLargeError(RelayError):
     error_type = "warning"
 
 
+class AnswerOutOfTimeError(RelayError):
+    """The deadline came before every answer was mapped: the entities of the rest are left out."""
+
+    code = "timeout"
+    error_type = "warning"
+
+
 # Upstream words quoted in a message are cut to this many characters.
 QUOTE_LIMIT = 200
 

@@ -22,6 +22,7 @@ from cachetools import LRUCache
 from relay.cache import FlightWaitTimeoutError, SingleFlight
 from relay.config import Settings
 from relay.errors import (
+    AnswerOutOfTimeError,
     AnswerTooLargeError,
     DeadlineExceededError,
     HealthCheckError,
@@ -44,6 +45,9 @@ ENTITY_KINDS = ("verdicts", "judgements", "indicators", "sightings", "relationsh
 # left out (with a warning saying so). XDR and the function's own response limit (32 MB on
 # Cloud Functions) are both well above it.
 MAX_ANSWER_BYTES = 10 * 1024 * 1024
+# Mapping may run this long past RELAY_DEADLINE (the lookups end by it); then the rest is left
+# out, so that the whole request, its encoding included, ends within about a second of it.
+MAPPING_GRACE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,23 @@ class Handlers:
         docs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         indicator_ids: set[str] = set()  # an indicator shared by observables is listed once
         errors: list[RelayError] = []
-        size, left_out = 0, 0
+        size, left_out, out_of_time = 0, 0, 0
+        # The smallest size of a lookup's docs seen in this request: a spelling of a lookup that
+        # cannot fit any more is left out without being mapped (its docs are as large).
+        lookup_sizes: dict[str, int] = {}
+        stop_mapping_at = context.deadline + MAPPING_GRACE_SECONDS
         for observable in observables:
             outcome = outcomes[observable.cache_key]
             if outcome.error is not None:
                 errors.append(outcome.error.about(observable.value))
                 context.stats.count_error(outcome.error.code, outcome.error.message)
+                continue
+            known_size = lookup_sizes.get(observable.cache_key)
+            if known_size is not None and size + known_size > MAX_ANSWER_BYTES:
+                left_out += 1
+                continue
+            if time.monotonic() > stop_mapping_at:
+                out_of_time += 1
                 continue
             try:
                 mapped = self._mapped.get(observable, outcome, options, kinds, context.now)
@@ -139,6 +154,7 @@ class Handlers:
                 errors.append(error.about(observable.value))
                 context.stats.count_error(error.code, error.message)
                 continue
+            lookup_sizes[observable.cache_key] = min(mapped.size, known_size or mapped.size)
             new_indicators = [doc for doc in mapped.indicators if doc["id"] not in indicator_ids]
             added = mapped.size + sum(mapped.indicator_sizes[doc["id"]] for doc in new_indicators)
             if size + added > MAX_ANSWER_BYTES:
@@ -157,6 +173,13 @@ class Handlers:
             )
             errors.append(too_large)
             context.stats.count_error(too_large.code, too_large.message)
+        if out_of_time:
+            late = AnswerOutOfTimeError(
+                f"The relay's deadline (RELAY_DEADLINE) came before the answer was complete: the entities"
+                f" of {out_of_time} observable(s) are left out; ask about fewer observables at a time"
+            )
+            errors.append(late)
+            context.stats.count_error(late.code, late.message)
         data = {
             kind: {"count": len(kind_docs), "docs": kind_docs}
             for kind, kind_docs in docs.items()
