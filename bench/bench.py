@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import instances  # noqa: E402 - cases G-J (bench/instances.py): instances sharing one Redis
+import outage  # noqa: E402 - case K (bench/outage.py): a Threatscore outage, the circuit breaker
 
 from simulator import ThreatscoreSimulator  # noqa: E402
 from tests import answers  # noqa: E402 - after the path is set
@@ -461,6 +462,7 @@ def main() -> int:
         rows.extend(
             Row(case, "score", *rest) for case, *rest in instances.cases_g_h_i_j(fake, score_env, LOGS)
         )
+        rows.extend(Row(case, "score", *rest) for case, *rest in outage.case_k(fake, score_env, LOGS))
     finally:
         for function in functions:
             function.stop()
