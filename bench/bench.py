@@ -8,6 +8,9 @@ Cases A-F run for each backend (THREATSCORE_API=score, then v3), side by side
 in the one table; the v3 answer is a found one with every field, so that its
 mapping (indicators, sighting, relationships) is part of what is measured.
 The yardsticks are trivial functions served the same way (bench/trivial*.py).
+Cases G-J (bench/instances.py) run three instances on one redis-server; case K
+(bench/outage.py) runs them through a Threatscore outage, with the circuit
+breaker and without it (the relay as it was before), side by side.
 
 Every target is a ratio or a count, so that a noisy machine moves both sides.
 Exits 1 when a target is missed. The table is also written to
@@ -457,7 +460,7 @@ def main() -> int:
             )
         trivial.stop()
         rows += case_e(fake, relay_env, args)
-        # G-J script answers in the score API's shape.
+        # G-K script answers in the score API's shape.
         score_env = {**relay_env, "THREATSCORE_API": "score"}
         rows.extend(
             Row(case, "score", *rest) for case, *rest in instances.cases_g_h_i_j(fake, score_env, LOGS)
