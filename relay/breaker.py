@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 
 from relay.config import Settings
 from relay.errors import (
-    DeadlineExceededError,
     RelayError,
     TooManyRequestsError,
     UpstreamConnectionError,
@@ -91,13 +90,15 @@ class BreakerOpenError(UpstreamUnavailableError):
     """A lookup the open breaker did not send to Threatscore."""
 
 
-# Failures of the service, not answers about one observable.
+# Failures of the service, not answers about one observable. A lookup cut short by its
+# request's deadline (DeadlineExceededError) is not one: a healthy Threatscore does that to
+# the lookups in flight when a large batch's deadline comes. A Threatscore that hangs fails
+# lookups by the read timeout (THREATSCORE_TIMEOUT, shorter than RELAY_DEADLINE by default).
 SERVICE_FAILURES = (
     UpstreamUnavailableError,
     UpstreamTimeoutError,
     UpstreamConnectionError,
     UpstreamTLSError,
-    DeadlineExceededError,
 )
 
 

@@ -201,3 +201,29 @@ def test_an_absurd_retry_after_holds_every_instance_back_only_for_the_bound(
         " (THREATSCORE_MAX_RETRY_AFTER)"
     ]
     assert json.dumps(warnings)  # logged as plain words
+
+
+def test_a_hanging_threatscore_opens_the_breaker_by_its_timeouts(threatscore, launch_relay):
+    threatscore.fallback(lambda _value: Scripted(body={"scores": []}, delay=30))  # never in time
+    relay = launch_relay(BREAKER_FAILURES="5", THREATSCORE_TIMEOUT="1", RELAY_DEADLINE="10")
+
+    first, first_took = timed(lambda: observe(relay.url, batch("198.18.80")))
+    second, second_took = timed(lambda: observe(relay.url, batch("198.18.81")))
+
+    # The first request waits one read timeout (10 lookups at a time), not its whole deadline...
+    assert first_took < 10 - 2
+    assert "timeout" in errors_by_code(first) and "service unavailable" in errors_by_code(first)
+    # ...and the next one not at all.
+    assert second_took < 1.0
+    assert set(errors_by_code(second)) == {"service unavailable"}
+
+
+def test_lookups_cut_short_by_a_large_batchs_deadline_do_not_open_the_breaker(threatscore, launch_relay):
+    threatscore.fallback(lambda _value: Scripted(body={"scores": []}, delay=0.5))  # healthy, slow-ish
+    relay = launch_relay(BREAKER_FAILURES="2", RELAY_DEADLINE="1.2", THREATSCORE_MAX_CONCURRENCY="5")
+
+    body = observe(relay.url, batch("198.18.90", 40))  # more than fits in the deadline
+
+    assert set(errors_by_code(body)) == {"timeout"}
+    threatscore.fallback(None)
+    assert observe(relay.url, batch("198.18.91", 5)) == {"data": {}}  # the breaker stayed closed
