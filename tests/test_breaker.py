@@ -15,12 +15,14 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from relay.breaker import OPEN_UNTIL_KEY, decode_value
+from relay.breaker import OPEN_UNTIL_KEY, Breaker, BreakerOpenError, decode_value
+from relay.errors import UpstreamUnavailableError
 from relay.ratelimit import HOLD_BACK_KEY
+from relay.redis_link import RedisLink, make_redis_client
 from simulator import Scripted
 from tests import answers
 from tests.conftest import RedisServer
-from tests.relay_process import RelayProcess
+from tests.relay_process import RelayProcess, free_port
 from tests.test_instances import all_at_once, answered, errors_by_code, ip, observe, timed
 
 pytestmark = pytest.mark.timeout(180)
@@ -227,3 +229,14 @@ def test_lookups_cut_short_by_a_large_batchs_deadline_do_not_open_the_breaker(th
     assert set(errors_by_code(body)) == {"timeout"}
     threatscore.fallback(None)
     assert observe(relay.url, batch("198.18.91", 5)) == {"data": {}}  # the breaker stayed closed
+
+
+def test_while_redis_is_down_each_instance_keeps_its_own_breaker(caplog):
+    breaker = Breaker(2, 60, RedisLink(make_redis_client(f"redis://127.0.0.1:{free_port()}/0")))
+    failure = UpstreamUnavailableError("Threatscore is unavailable (HTTP 503)")
+    for _ in range(2):
+        breaker.record(breaker.admit(time.monotonic() + 5), failure, time.monotonic() + 5)
+    with pytest.raises(BreakerOpenError, match="tries again at"):
+        breaker.admit(time.monotonic() + 5)
+    assert not breaker.may_retry()
+    assert "circuit breaker is open" in (breaker.describe() or "")
