@@ -299,7 +299,7 @@ class Breaker:
         if now < self._open_until_seen:
             again = _at(self._open_until_seen, now)
             return f"the circuit breaker is open: Threatscore is tried again at {again}"
-        return "the circuit breaker is probing: one lookup is testing Threatscore"
+        return "the circuit breaker's cool-down is over: one lookup is testing Threatscore, or the next will"
 
     def refresh(self, deadline: float | None) -> None:
         """Reads the shared state (for /health, which may not have looked anything up)."""
