@@ -84,3 +84,16 @@ def test_the_shared_limit_survives_a_redis_restart(redis_server: RedisServer) ->
     pacing.before_attempt(time.monotonic() + 5)
     with redis_server.client() as direct:
         assert any(b"threatscore" in key for key in direct.keys("*"))
+
+
+def test_a_hold_back_is_never_longer_than_the_bound(redis_server: RedisServer) -> None:
+    sleep = RecordedSleep()
+    pacing = Pacing(0, RedisLink(make_redis_client(redis_server.url)), sleep=sleep, max_hold_back=2.0)
+    assert pacing.rate_limited(86400.0) == 2.0
+    with redis_server.client() as direct:
+        assert 0 < direct.pttl(HOLD_BACK_KEY) <= 2000
+        # An entry written by an older relay (or anyone) for a day from now: read as the bound.
+        direct.set(HOLD_BACK_KEY, repr(time.time() + 86400))
+    other = Pacing(0, RedisLink(make_redis_client(redis_server.url)), sleep=sleep, max_hold_back=2.0)
+    other.before_attempt(time.monotonic() + 10)
+    assert len(sleep.waits) == 1 and 1.0 < sleep.waits[0] <= 2.0
