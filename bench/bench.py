@@ -8,6 +8,9 @@ Cases A-F run for each backend (THREATSCORE_API=score, then v3), side by side
 in the one table; the v3 answer is a found one with every field, so that its
 mapping (indicators, sighting, relationships) is part of what is measured.
 The yardsticks are trivial functions served the same way (bench/trivial*.py).
+Cases G-J (bench/instances.py) run three instances on one redis-server; case K
+(bench/outage.py) runs them through a Threatscore outage, with the circuit
+breaker and without it (the relay as it was before), side by side.
 
 Every target is a ratio or a count, so that a noisy machine moves both sides.
 Exits 1 when a target is missed. The table is also written to
@@ -38,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import instances  # noqa: E402 - cases G-J (bench/instances.py): instances sharing one Redis
+import outage  # noqa: E402 - case K (bench/outage.py): a Threatscore outage, the circuit breaker
 
 from simulator import ThreatscoreSimulator  # noqa: E402
 from tests import answers  # noqa: E402 - after the path is set
@@ -459,11 +463,12 @@ def main() -> int:
             )
         trivial.stop()
         rows += case_e(fake, relay_env, args)
-        # G-J script answers in the score API's shape.
+        # G-K script answers in the score API's shape.
         score_env = {**relay_env, "THREATSCORE_API": "score"}
         rows.extend(
             Row(case, "score", *rest) for case, *rest in instances.cases_g_h_i_j(fake, score_env, LOGS)
         )
+        rows.extend(Row(case, "score", *rest) for case, *rest in outage.case_k(fake, score_env, LOGS))
     finally:
         for function in functions:
             function.stop()

@@ -22,6 +22,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from relay.auth import Authenticator, build_authenticator
 from relay.bounded_fetch import bounded_session
+from relay.breaker import Breaker, build_breaker
 from relay.cache import AnswerCache, NoCache, SharedFlight, build_cache, build_shared_flight
 from relay.config import ConfigError, Settings
 from relay.errors import (
@@ -34,7 +35,7 @@ from relay.errors import (
 )
 from relay.handlers import Handlers, RequestContext
 from relay.logs import JSON_FIELDS, RequestLog, setup_logging, trace_fields
-from relay.ratelimit import build_pacing
+from relay.ratelimit import Pacing, build_pacing
 from relay.redis_link import build_redis_link
 from relay.schemas import parse_observables
 from relay.tenants import TenantLookups
@@ -91,9 +92,11 @@ def build_handlers(
     source: AnswerSource,
     cache: AnswerCache | None = None,
     shared_flight: SharedFlight | None = None,
+    breaker: Breaker | None = None,
+    pacing: Pacing | None = None,
 ) -> Handlers:
     """The endpoint handlers in front of `source`, through the answer cache (and the single
-    flight across instances, with Redis)."""
+    flight across instances, with Redis) and the circuit breaker."""
     cache = NoCache() if cache is None else cache
     lookups = TenantLookups.build(
         source,
@@ -101,6 +104,8 @@ def build_handlers(
         settings.threatscore_max_concurrency,
         shared_flight,
         shared_between_tenants=settings.cache_shared_between_tenants,
+        breaker=breaker,
+        pacing=pacing,
     )
     return Handlers(settings, lookups)
 
@@ -167,9 +172,11 @@ class RelayApp:
         authenticator: Authenticator,
         cache: AnswerCache | None = None,
         shared_flight: SharedFlight | None = None,
+        breaker: Breaker | None = None,
+        pacing: Pacing | None = None,
     ):
         self.settings = settings
-        self.handlers = build_handlers(settings, source, cache, shared_flight)
+        self.handlers = build_handlers(settings, source, cache, shared_flight, breaker, pacing)
         self.authenticator = authenticator
 
     @classmethod
@@ -180,12 +187,16 @@ class RelayApp:
         session = make_session(settings)
         redis_link = build_redis_link(settings)  # what the instances share, if anything
         cache = build_cache(settings, redis_link)
+        breaker = build_breaker(settings, redis_link)
+        pacing = build_pacing(settings, redis_link, breaker)
         app = cls(
             settings,
-            build_source(settings, session, build_pacing(settings, redis_link)),
+            build_source(settings, session, pacing),
             build_authenticator(settings, session),
             cache,
             build_shared_flight(cache),
+            breaker,
+            pacing,
         )
         logger.info("%s", describe_relay(settings, cache))
         # What start-up made (modules, the app) lives as long as the process: keep it out of the

@@ -333,7 +333,18 @@ class Settings:
     # Lookups per second sent to Threatscore by all instances together (shared through
     # Redis when REDIS_URL is set, else per instance); 0: no limit.
     threatscore_rate_limit: int = setting("THREATSCORE_RATE_LIMIT", int_from(0, 10_000), 0)
+    # The longest a 429's Retry-After holds the relay back (a longer one is cut to this, and logged).
+    threatscore_max_retry_after: float = setting(
+        "THREATSCORE_MAX_RETRY_AFTER", seconds_from(0.0, 3600.0), 60.0
+    )
+    # The circuit breaker: this many failed lookups in a row (after their retries), on any
+    # instance, open it; 0 turns it off. While open, lookups that need Threatscore fail at once;
+    # after BREAKER_COOL_DOWN seconds one lookup (across all instances) tries Threatscore again.
+    breaker_failures: int = setting("BREAKER_FAILURES", int_from(0, 1000), 5)
+    breaker_cool_down: float = setting("BREAKER_COOL_DOWN", seconds_from(1.0, 3600.0), 30.0)
     health_observable: str = setting("HEALTH_OBSERVABLE", text, "127.0.0.100")
+    # A /health probe's result is reused this long (concurrent checks share one probe); 0: never.
+    health_cache_seconds: float = setting("HEALTH_CACHE_SECONDS", seconds_from(0.0, 300.0), 5.0)
 
     # CTIM
     ctr_entities_limit: int = setting("CTR_ENTITIES_LIMIT", int_from(1, MAX_ENTITIES_LIMIT), 100)

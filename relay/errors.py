@@ -162,6 +162,41 @@ class TooManyRequestsError(RelayError):
     )
 
 
+class BreakerOpenError(UpstreamUnavailableError):
+    """A lookup the open circuit breaker did not send to Threatscore."""
+
+    example = (
+        "Threatscore has been failing (5 or more lookups in a row), so the relay is not asking it for"
+        " now; it tries again at 14:02:07 UTC (in 21 s)"
+    )
+    meaning = (
+        "the circuit breaker is open: Threatscore failed `BREAKER_FAILURES` lookups in a row, so lookups"
+        " that need it fail at once until one probe, after `BREAKER_COOL_DOWN`, finds it answering"
+        " (cached answers are still served)"
+    )
+    action = (
+        "wait: the relay tries again by itself at the time the message gives; check Threatscore's"
+        " status, and `/health`, which says the breaker's state"
+    )
+
+
+class HoldBackError(TooManyRequestsError):
+    """A lookup not sent because Threatscore asked the relay to wait (429 Retry-After)."""
+
+    example = (
+        "Threatscore asked the relay to wait (HTTP 429 Retry-After): the relay holds back for another"
+        " 40 s, longer than the relay's deadline allows"
+    )
+    meaning = (
+        "Threatscore answered 429 with a `Retry-After`: every instance holds back for that long, at most"
+        " `THREATSCORE_MAX_RETRY_AFTER`"
+    )
+    action = (
+        "wait for the time the message gives; if it happens often, look up fewer observables or set"
+        " `THREATSCORE_RATE_LIMIT`"
+    )
+
+
 class UpstreamTimeoutError(RelayError):
     code = "timeout"
     example = "Threatscore did not answer within 5 s"
@@ -233,6 +268,22 @@ class AnswerTooLargeError(RelayError):
     example = "The answer would be larger than 10 MB: the entities of 3 observable(s) are left out; …"
     meaning = "a warning: the answer would pass 10 MB, so the entities of the last observables are left out"
     action = "ask about fewer observables at a time, or lower `CTR_ENTITIES_LIMIT`"
+
+
+class AnswerOutOfTimeError(RelayError):
+    """The deadline came before every answer was mapped: the entities of the rest are left out."""
+
+    code = "timeout"
+    error_type = "warning"
+    example = (
+        "The relay's deadline (RELAY_DEADLINE) came before the answer was complete: the entities of"
+        " 12 observable(s) are left out; …"
+    )
+    meaning = (
+        "a warning: mapping the answers took the request to its deadline, so the last observables are"
+        " left out"
+    )
+    action = "ask about fewer observables at a time, lower `CTR_ENTITIES_LIMIT`, or raise `RELAY_DEADLINE`"
 
 
 def failure_table(failures: list[type[RelayError]]) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -19,8 +20,17 @@ import orjson
 from cachetools import LRUCache
 
 from relay.auth import DEFAULT_TENANT
+from relay.cache import FlightWaitTimeoutError, SingleFlight
 from relay.config import Settings
-from relay.errors import AnswerTooLargeError, HealthCheckError, InternalError, RelayError, envelope
+from relay.errors import (
+    AnswerOutOfTimeError,
+    AnswerTooLargeError,
+    DeadlineExceededError,
+    HealthCheckError,
+    InternalError,
+    RelayError,
+    envelope,
+)
 from relay.logs import RequestStats
 from relay.lookup import Lookup, Outcome
 from relay.mapping import MappingOptions, map_answer, search_url
@@ -44,6 +54,9 @@ ENTITY_KINDS = ("verdicts", "judgements", "indicators", "sightings", "relationsh
 # left out (with a warning saying so). XDR and the function's own response limit (32 MB on
 # Cloud Functions) are both well above it.
 MAX_ANSWER_BYTES = 10 * 1024 * 1024
+# Mapping may run this long past RELAY_DEADLINE (the lookups end by it); then the rest is left
+# out, so that the whole request, its encoding included, ends within about a second of it.
+MAPPING_GRACE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,7 @@ class Handlers:
         # The types the configured Threatscore API looks up (parse_observables keeps only these).
         self.supported_types = TYPES_BY_API[settings.threatscore_api]
         self._health_probe = health_probe(settings.health_observable, self.supported_types)
+        self._health_checks = HealthChecks(settings.health_cache_seconds)
 
     def observe(self, observables: list[Observable], context: RequestContext) -> dict:
         return self._enrich(observables, context, ENTITY_KINDS)
@@ -95,15 +109,22 @@ class Handlers:
         return {"data": [self._reference(observable) for observable in observables]}
 
     def health(self, context: RequestContext) -> dict:
-        """A real probe of the configured Threatscore API, never answered from the cache:
-        "no data" is healthy, any failure (a refusal too) says what failed."""
-        error = (
-            self._lookups.of(context.tenant).probe(self._health_probe, context.deadline, context.stats).error
+        """A real probe of the configured Threatscore API, never answered from the answer cache:
+        "no data" is healthy, any failure (a refusal too) says what failed. Concurrent checks
+        share one probe, and a probe's result is reused for HEALTH_CACHE_SECONDS."""
+        lookup = self._lookups.of(context.tenant)
+        error = self._health_checks.result(
+            lambda: lookup.probe(self._health_probe, context.deadline, context.stats).error,
+            context.deadline,
         )
+        notes = lookup.holding_back(context.deadline)
         if error is not None:
-            failure = HealthCheckError(f"Threatscore health check failed: {error.message}")
+            words = "; ".join([error.message, *(note for note in notes if note not in error.message)])
+            failure = HealthCheckError(f"Threatscore health check failed: {words}")
             context.stats.count_error(failure.code, failure.message)
             return envelope([failure])
+        if notes:
+            return {"data": {"status": "ok", "message": f"Threatscore answers; {'; '.join(notes)}"}}
         return {"data": {"status": "ok"}}
 
     def version(self) -> dict:
@@ -119,12 +140,23 @@ class Handlers:
         docs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         indicator_ids: set[str] = set()  # an indicator shared by observables is listed once
         errors: list[RelayError] = []
-        size, left_out = 0, 0
+        size, left_out, out_of_time = 0, 0, 0
+        # The smallest size of a lookup's docs seen in this request: a spelling of a lookup that
+        # cannot fit any more is left out without being mapped (its docs are as large).
+        lookup_sizes: dict[str, int] = {}
+        stop_mapping_at = context.deadline + MAPPING_GRACE_SECONDS
         for observable in observables:
             outcome = outcomes[observable.cache_key]
             if outcome.error is not None:
                 errors.append(outcome.error.about(observable.value))
                 context.stats.count_error(outcome.error.code, outcome.error.message)
+                continue
+            known_size = lookup_sizes.get(observable.cache_key)
+            if known_size is not None and size + known_size > MAX_ANSWER_BYTES:
+                left_out += 1
+                continue
+            if time.monotonic() > stop_mapping_at:
+                out_of_time += 1
                 continue
             try:
                 mapped = self._mapped.get(observable, outcome, options, kinds, context.now)
@@ -135,6 +167,7 @@ class Handlers:
                 errors.append(error.about(observable.value))
                 context.stats.count_error(error.code, error.message)
                 continue
+            lookup_sizes[observable.cache_key] = min(mapped.size, known_size or mapped.size)
             new_indicators = [doc for doc in mapped.indicators if doc["id"] not in indicator_ids]
             added = mapped.size + sum(mapped.indicator_sizes[doc["id"]] for doc in new_indicators)
             if size + added > MAX_ANSWER_BYTES:
@@ -153,6 +186,13 @@ class Handlers:
             )
             errors.append(too_large)
             context.stats.count_error(too_large.code, too_large.message)
+        if out_of_time:
+            late = AnswerOutOfTimeError(
+                f"The relay's deadline (RELAY_DEADLINE) came before the answer was complete: the entities"
+                f" of {out_of_time} observable(s) are left out; ask about fewer observables at a time"
+            )
+            errors.append(late)
+            context.stats.count_error(late.code, late.message)
         data = {
             kind: {"count": len(kind_docs), "docs": kind_docs}
             for kind, kind_docs in docs.items()
@@ -171,6 +211,33 @@ class Handlers:
             "url": search_url(self._settings.threatscore_ui_url, observable.lookup_value),
             "categories": ["Threatscore", "Search"],
         }
+
+
+class HealthChecks:
+    """One probe for concurrent health checks, its result reused for `reuse_for` seconds."""
+
+    def __init__(self, reuse_for: float):
+        self._reuse_for = reuse_for
+        self._flight = SingleFlight()
+        self._lock = threading.Lock()
+        self._last: tuple[float, RelayError | None] | None = None  # (when, what the probe found)
+
+    def result(self, probe: Callable[[], RelayError | None], deadline: float) -> RelayError | None:
+        with self._lock:
+            last = self._last
+        if last is not None and time.monotonic() - last[0] < self._reuse_for:
+            return last[1]
+
+        def probed() -> RelayError | None:
+            error = probe()
+            with self._lock:
+                self._last = (time.monotonic(), error)
+            return error
+
+        try:
+            return self._flight.do("health", probed, deadline)
+        except FlightWaitTimeoutError:
+            return DeadlineExceededError("Threatscore did not answer before the relay's deadline")
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,16 @@ class RequestStats:
         self._upstream_calls = 0
         self._cache_hits = 0
         self._errors: dict[tuple[str, str], int] = {}
+        self._cut_short: dict[str, int] = {}
+
+    def count_cut_short(self, by: str) -> None:
+        """A lookup not sent to Threatscore because of `by` (the breaker, the hold-back)."""
+        with self._lock:
+            self._cut_short[by] = self._cut_short.get(by, 0) + 1
+
+    def cut_short(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._cut_short)
 
     def count_upstream_call(self) -> None:
         with self._lock:
@@ -434,6 +444,9 @@ class RequestLog:
             fields["dropped"] = dict(sorted(dropped.items()))
         if errors:
             fields["errors"] = errors
+        cut_short = self.stats.cut_short()
+        if cut_short:
+            fields["cut_short"] = cut_short
         codes = {error["code"] for error in errors}
         if status >= 500 or "internal error" in codes:
             level = logging.ERROR
@@ -453,7 +466,13 @@ class RequestLog:
             if dropped
             else "",
             duration_ms,
-            f"; errors: {causes}" if causes else "",
+            (f"; errors: {causes}" if causes else "")
+            + (
+                "; lookups cut short: "
+                + ", ".join(f"{count} by the {by}" for by, count in sorted(cut_short.items()))
+                if cut_short
+                else ""
+            ),
             extra={JSON_FIELDS: fields},
             stacklevel=2,  # the source location is the relay's caller, not this method
         )

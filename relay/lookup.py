@@ -21,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from relay.breaker import Breaker, Ticket
 from relay.cache import AnswerCache, CacheHit, FlightWaitTimeoutError, SharedFlight, SingleFlight
-from relay.errors import DeadlineExceededError, InternalError, RelayError
+from relay.errors import BreakerOpenError, DeadlineExceededError, HoldBackError, InternalError, RelayError
 from relay.logs import RequestStats
 from relay.observables import Observable
+from relay.ratelimit import Pacing
 from relay.threatscore import MIN_ATTEMPT_SECONDS, AnswerSource
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,11 @@ class Lookup:
         cache: AnswerCache,
         max_concurrency: int,
         shared_flight: SharedFlight | None = None,
+        breaker: Breaker | None = None,
+        pacing: Pacing | None = None,
     ):
+        self._breaker = breaker  # lookups fail at once while Threatscore keeps failing
+        self._pacing = pacing  # the 429 hold-back, for /health's words
         self._source = source
         self._cache = cache
         self._max_concurrency = max_concurrency
@@ -98,10 +104,35 @@ class Lookup:
         deliberate read."""
         return self._fetch_all([observable], deadline, stats, self._asked)[observable.cache_key]
 
+    def holding_back(self, deadline: float) -> list[str]:
+        """What keeps lookups from Threatscore now (the breaker, the 429 hold-back), in words."""
+        notes = []
+        if self._breaker is not None:
+            self._breaker.refresh(deadline)
+            note = self._breaker.describe()
+            if note:
+                notes.append(note)
+        if self._pacing is not None:
+            note = self._pacing.describe(deadline)
+            if note:
+                notes.append(note)
+        return notes
+
     def _asked(self, observable: Observable, deadline: float, stats: RequestStats) -> Outcome:
+        ticket = Ticket()
+        if self._breaker is not None:
+            try:
+                ticket = self._breaker.admit(deadline)
+            except BreakerOpenError as error:
+                stats.count_cut_short("breaker")
+                return Outcome(error=error)
         stats.count_upstream_call()
         fetched_at = time.time()
         outcome = _fetched(self._source, observable, deadline, fetched_at)
+        if isinstance(outcome.error, HoldBackError):
+            stats.count_cut_short("hold-back")
+        if self._breaker is not None:
+            self._breaker.record(ticket, outcome.error, deadline)
         if outcome.error is None:  # errors are never cached: the next lookup asks again
             self._cache.put(observable.cache_key, CacheHit(outcome.answer, fetched_at), deadline)
         return outcome

@@ -81,7 +81,10 @@ def _hash(text: str, length: int) -> str | None:
 
 def _url(text: str) -> str | None:
     """An absolute http(s) URL with a host: scheme and host lower-cased, the host in IDNA
-    form (so that spellings of one URL share a lookup), the rest exactly as sent."""
+    form (so that spellings of one URL share a lookup), the rest exactly as sent.
+
+    Built from the parsed parts: the authority is the text right after `scheme://`, never
+    found by searching (`http://t/x` has a `t` in its scheme)."""
     try:
         parts = urlsplit(text)
         port = parts.port  # refuses a port that is not a number in range
@@ -90,14 +93,16 @@ def _url(text: str) -> str | None:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.netloc:
         return None
+    authority_at = len(parts.scheme) + len("://")
+    if text[len(parts.scheme) : authority_at] != "://" or not text.startswith(parts.netloc, authority_at):
+        return None  # urlsplit read something other than the text as sent
+    rest = text[authority_at + len(parts.netloc) :]  # path, query and fragment, as sent
     userinfo, _, hostport = parts.netloc.rpartition("@")
-    host = _url_host(
-        hostport[: len(hostport) - len(f":{port}")] if port is not None else hostport.rstrip(":")
-    )
+    # The port as written (`:080` is port 80) goes; an empty one (`host:`) too.
+    host = _url_host(hostport.rpartition(":")[0] if port is not None else hostport.rstrip(":"))
     if host is None:
         return None
     netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{port}" if port is not None else "")
-    rest = text[text.index(parts.netloc) + len(parts.netloc) :]
     return f"{scheme}://{netloc}{rest}"
 
 

@@ -12,7 +12,12 @@ transport calls it), `Pacing.rate_limited` when Threatscore answers 429 with
   more, then fails with the relay's own `too many requests`.
 - A 429 with `Retry-After` from Threatscore is written to Redis (one key,
   expiring when the wait does), and every instance reads it before each
-  attempt: all of them hold back, not only the one that got the 429.
+  attempt: all of them hold back, not only the one that got the 429. The wait
+  is never longer than THREATSCORE_MAX_RETRY_AFTER, whatever Threatscore asks
+  (a `Retry-After: 86400` would otherwise stop every lookup for a day), nor
+  whatever an entry in Redis says.
+- While the circuit breaker (relay.breaker) is not closed, a failed attempt
+  is not retried.
 
 Both live under this deployment's namespace (`RedisLink.namespaced`), and the
 hold-back is sealed (`RedisLink.seal`): one that does not prove itself is ignored.
@@ -22,22 +27,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import threading
 import time
 from collections.abc import Callable
 
+from relay.breaker import Breaker
 from relay.config import Settings
-from relay.errors import TooManyRequestsError
+from relay.errors import HoldBackError, TooManyRequestsError
 from relay.redis_link import RedisLink, RedisUnavailableError
-from relay.redis_trust import Unsealed
+from relay.redis_trust import sealed_instant
 
 logger = logging.getLogger(__name__)
 
 # Names within the deployment's Redis namespace (`RedisLink.namespaced`).
 RATE_LIMIT_NAME = "rate-limit"
 HOLD_BACK_NAME = "hold-back-until"
+DEFAULT_MAX_HOLD_BACK = 60.0
 # An attempt needs at least this long before the deadline to be worth a turn.
 MIN_ATTEMPT_SECONDS = 0.05
 # Waiters wake a little after a turn frees up, spread out so that they do not all ask at once.
@@ -52,8 +58,12 @@ class Pacing:
         redis_url: str | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        max_hold_back: float = DEFAULT_MAX_HOLD_BACK,
+        breaker: Breaker | None = None,
     ):
         self._link = link
+        self.max_hold_back = max_hold_back
+        self._breaker = breaker
         self._sleep = sleep
         self._item = None
         self._shared = None
@@ -87,23 +97,43 @@ class Pacing:
         if self._item is not None:
             self._wait_for_turn(deadline)
 
-    def rate_limited(self, retry_after: float) -> None:
-        """Threatscore answered 429 asking to wait `retry_after` s: every instance holds back."""
-        until = time.time() + retry_after
+    def may_retry(self) -> bool:
+        """Whether a failed attempt may be tried again (not while the breaker is open)."""
+        return self._breaker is None or self._breaker.may_retry()
+
+    def rate_limited(self, retry_after: float) -> float:
+        """Threatscore answered 429 asking to wait `retry_after` s: every instance holds back,
+        at most `max_hold_back` s. Returns the wait used."""
+        used = min(retry_after, self.max_hold_back)
+        now = time.time()
+        until = now + used
         with self._hold_lock:
+            already = self._hold_until_here > now
             self._hold_until_here = max(self._hold_until_here, until)
-        if self._link is None or retry_after <= 0:
-            return
+        if retry_after > self.max_hold_back and not already:
+            # Once per hold-back, not once per lookup that gets the same answer.
+            logger.warning(
+                "Threatscore asked the relay to wait %g s (HTTP 429 Retry-After); holding back %g s only"
+                " (THREATSCORE_MAX_RETRY_AFTER)",
+                retry_after,
+                used,
+            )
+        if self._link is None or used <= 0:
+            return used
         name = self._link.namespaced(HOLD_BACK_NAME)
-        value = self._link.seal(name, until, retry_after)
+        value = self._link.seal(name, until, used)
         if value is None:
-            return
+            return used
         with contextlib.suppress(RedisUnavailableError):
             self._link.call(
-                "write", lambda client: client.set(name, value, px=max(1, round(retry_after * 1000))), None
+                "write",
+                lambda client: client.set(name, value, px=max(1, round(used * 1000))),
+                None,
             )
+        return used
 
-    def _hold_back(self, deadline: float | None) -> None:
+    def hold_back_until(self, deadline: float | None) -> float:
+        """Until when (epoch seconds) the relay holds back, for every instance; in the past: not."""
         until = self._hold_until_here
         if self._link is not None:
             name = self._link.namespaced(HOLD_BACK_NAME)
@@ -111,14 +141,25 @@ class Pacing:
                 raw = self._link.call("read", lambda client: client.get(name), deadline)
             except RedisUnavailableError:
                 raw = None
-            until = max(until, _as_time(self._link.unseal(name, raw)))
-        wait = until - time.time()
+            until = max(until, sealed_instant(self._link.unseal(name, raw)))
+        # Whatever Redis holds (an older relay's entry, a foreign value), never past the bound.
+        return min(until, time.time() + self.max_hold_back)
+
+    def describe(self, deadline: float | None) -> str | None:
+        """The hold-back's state for /health while it holds; None otherwise."""
+        wait = self.hold_back_until(deadline) - time.time()
+        if wait <= 0:
+            return None
+        return f"holding back after an HTTP 429 from Threatscore for another {wait:.0f} s"
+
+    def _hold_back(self, deadline: float | None) -> None:
+        wait = self.hold_back_until(deadline) - time.time()
         if wait <= 0:
             return
         if not _fits(wait, deadline):
-            raise TooManyRequestsError(
-                f"Threatscore asked the relay to wait {wait:.1f} s (HTTP 429 Retry-After),"
-                " longer than the relay's deadline allows"
+            raise HoldBackError(
+                f"Threatscore asked the relay to wait (HTTP 429 Retry-After): the relay holds back for"
+                f" another {wait:.1f} s, longer than the relay's deadline allows"
             )
         self._sleep(wait)
 
@@ -176,21 +217,19 @@ def _turn(limiter, item, key: str) -> tuple[bool, float]:
     return False, limiter.get_window_stats(item, key).reset_time
 
 
-def _as_time(unsealed: Unsealed | None) -> float:
-    """The instant a sealed hold-back names (epoch seconds), or 0.0."""
-    value = None if unsealed is None else unsealed.data
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return 0.0
-    return float(value) if math.isfinite(value) else 0.0
-
-
 def _fits(wait: float, deadline: float | None) -> bool:
     return deadline is None or time.monotonic() + wait + MIN_ATTEMPT_SECONDS < deadline
 
 
-def build_pacing(settings: Settings, link: RedisLink | None) -> Pacing:
+def build_pacing(settings: Settings, link: RedisLink | None, breaker: Breaker | None = None) -> Pacing:
     if settings.threatscore_rate_limit:
         where = f"shared through Redis at {link.server}" if link else "per instance"
         limit = settings.threatscore_rate_limit
         logger.info("Threatscore rate limit: %d lookups per second, %s", limit, where)
-    return Pacing(settings.threatscore_rate_limit, link, settings.redis_url)
+    return Pacing(
+        settings.threatscore_rate_limit,
+        link,
+        settings.redis_url,
+        max_hold_back=settings.threatscore_max_retry_after,
+        breaker=breaker,
+    )

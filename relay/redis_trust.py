@@ -61,6 +61,14 @@ class Unsealed:
     at: float
 
 
+def sealed_instant(unsealed: Unsealed | None) -> float:
+    """The instant (epoch seconds) a sealed entry holds, or 0.0 for nothing it can prove."""
+    value = None if unsealed is None else unsealed.data
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
 class RedisTrust:
     """Namespaces the relay's Redis keys and seals and verifies their values. Thread-safe."""
 

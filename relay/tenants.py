@@ -14,8 +14,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from relay.breaker import Breaker
 from relay.cache import AnswerCache, ScopedCache, SharedFlight, tenant_scope
 from relay.lookup import Lookup
+from relay.ratelimit import Pacing
 from relay.threatscore import AnswerSource
 
 
@@ -37,11 +39,14 @@ class TenantLookups:
         max_concurrency: int,
         shared_flight: SharedFlight | None = None,
         shared_between_tenants: bool = False,
+        breaker: Breaker | None = None,
+        pacing: Pacing | None = None,
     ) -> TenantLookups:
         def make(tenant: str) -> Lookup:
             scope = tenant_scope(tenant, shared_between_tenants)
             flight = None if shared_flight is None else shared_flight.scoped(scope)
-            return Lookup(source, ScopedCache(cache, scope), max_concurrency, flight)
+            # One breaker and one hold-back for the deployment: Threatscore fails for every tenant.
+            return Lookup(source, ScopedCache(cache, scope), max_concurrency, flight, breaker, pacing)
 
         return cls(make, shared_between_tenants)
 

@@ -141,7 +141,7 @@ def test_an_unexpected_failure_is_logged_as_error_with_its_cause(threatscore, cl
 
 
 def test_log_level_setting(threatscore, make_client, capsys):
-    client = make_client(LOG_LEVEL="WARNING")
+    client = make_client(LOG_LEVEL="WARNING", HEALTH_CACHE_SECONDS="0")
     logged(capsys)
     client.post(OBSERVE, json=[])  # INFO: not written
     client.post("/health")  # healthy ("no data"), INFO: not written

@@ -212,7 +212,8 @@ def test_observe_right_after_deliberate_costs_no_upstream_call(threatscore, clie
     assert observed["data"]["judgements"]["count"] == 10
 
 
-def test_health_always_probes_and_shares_its_answer_with_the_cache(threatscore, client):
+def test_health_probes_past_the_answer_cache_and_shares_its_answer_with_it(threatscore, make_client):
+    client = make_client(HEALTH_CACHE_SECONDS="0")
     threatscore.answer("127.0.0.100", answers.NO_DATA_NESTED_EMPTY)
     assert post(client, "/health") == post(client, "/health") == {"data": {"status": "ok"}}
     assert threatscore.calls_for("127.0.0.100") == 2  # a real probe each time
@@ -220,6 +221,17 @@ def test_health_always_probes_and_shares_its_answer_with_the_cache(threatscore, 
     assert threatscore.calls_for("127.0.0.100") == 2  # observe reads what the probe cached
     threatscore.answer("127.0.0.100", answers.ERROR_500, status=500)
     assert post(client, "/health")["errors"][0]["code"] == "health check failed"
+
+
+def test_a_recent_health_probe_is_reused_for_health_cache_seconds(threatscore, make_client):
+    client = make_client(HEALTH_CACHE_SECONDS="0.5")
+    threatscore.answer("127.0.0.100", answers.NO_DATA_NESTED_EMPTY)
+    assert post(client, "/health") == post(client, "/health") == {"data": {"status": "ok"}}
+    assert threatscore.calls_for("127.0.0.100") == 1  # the second check reused the first probe
+    time.sleep(0.6)
+    threatscore.answer("127.0.0.100", answers.ERROR_500, status=500)
+    assert post(client, "/health")["errors"][0]["code"] == "health check failed"
+    assert threatscore.calls_for("127.0.0.100") > 1
 
 
 def test_no_data_is_cached_for_the_negative_ttl(threatscore, make_client):

@@ -188,3 +188,59 @@ def test_the_docs_type_table_is_the_registry():
         for api in BACKENDS:
             shown = table[observable_type.name][f"`{api}`"]
             assert shown == ("yes" if api in observable_type.backends else "no"), (observable_type.name, api)
+
+
+# --- URLs: normalised from their parsed parts ------------------------------------------------
+
+from hypothesis import given  # noqa: E402 - the property tests' own imports
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("value", "canonical"),
+    [
+        ("http://t/x", "http://t/x"),  # the host's letters are in the scheme: never found there
+        ("https://s/a", "https://s/a"),
+        ("HTTP://H/p", "http://h/p"),
+        ("http://ttp/x", "http://ttp/x"),
+        ("http://user@Ex.com:080/p", "http://user@ex.com:80/p"),  # the port's value, not its spelling
+        ("http://t:/x", "http://t/x"),
+        ("http://t?x#y", "http://t?x#y"),
+        ("http://t/x?", "http://t/x?"),  # an empty query is kept as sent
+    ],
+)
+def test_a_url_is_normalised_from_its_parts(value, canonical):
+    assert canonical_value("url", value) == canonical
+
+
+_LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyzHTPSX0123456789", min_size=1, max_size=12).filter(
+    lambda label: not label.isdigit()
+)
+_REST_CHARS = "abcXYZhttps:/?#=&%.~-_!$'()*+,;@éü中0189"
+
+
+@st.composite
+def urls(draw) -> tuple[str, str]:
+    """(an http(s) URL, what follows its authority: path, query and fragment as written)."""
+    scheme = draw(st.sampled_from(["http", "https", "HTTP", "Https", "hTtP"]))
+    host = ".".join(draw(st.lists(_LABEL, min_size=1, max_size=3)))
+    userinfo = draw(st.sampled_from(["", "user@", "u:p@", "T@"]))
+    port = draw(st.one_of(st.just(""), st.integers(0, 65535).map(lambda number: f":{number}")))
+    path = draw(st.text(alphabet=_REST_CHARS, max_size=30).map(lambda text: "/" + text))
+    rest = path if draw(st.booleans()) else draw(st.sampled_from(["", "?q=1", "#frag", "?", "#", "?a#b"]))
+    return f"{scheme}://{userinfo}{host}{port}{rest}", rest
+
+
+@given(urls())
+def test_url_normalisation_keeps_the_rest_as_sent_and_is_idempotent(generated):
+    url, rest = generated
+    normalised = canonical_value("url", url)
+    if normalised is None:  # a host IDNA refuses (xn-- labels...): refused both ways
+        return
+    assert canonical_value("url", normalised) == normalised  # normalising twice changes nothing
+    assert normalised.endswith(rest)  # path, query and fragment kept as sent
+    sent_authority = url.partition("://")[2][: len(url.partition("://")[2]) - len(rest)]
+    host = sent_authority.rpartition("@")[2].partition(":")[0]
+    authority = normalised.partition("://")[2][: len(normalised.partition("://")[2]) - len(rest)]
+    assert normalised.partition("://")[0] == url.partition("://")[0].lower()
+    assert authority.rpartition("@")[2].partition(":")[0] == host.lower()  # the host, found where it is

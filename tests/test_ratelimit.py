@@ -95,3 +95,19 @@ def test_the_shared_limit_survives_a_redis_restart(redis_server: RedisServer) ->
     with redis_server.client() as direct:
         namespace = pacing._link.namespaced("rate-limit").encode()
         assert any(namespace in key for key in direct.keys("*"))
+
+
+def test_a_hold_back_is_never_longer_than_the_bound(redis_server: RedisServer) -> None:
+    sleep = RecordedSleep()
+    link = RedisLink(make_redis_client(redis_server.url))
+    pacing = Pacing(0, link, sleep=sleep, max_hold_back=2.0)
+    assert pacing.rate_limited(86400.0) == 2.0
+    key = link.namespaced(HOLD_BACK_NAME)
+    with redis_server.client() as direct:
+        assert 0 < direct.pttl(key) <= 2000
+        # Even a sealed entry for a day from now (a relay of this deployment with a larger
+        # bound wrote it): read as the bound.
+        direct.set(key, link.seal(key, time.time() + 86400, 86400))
+    other = Pacing(0, RedisLink(make_redis_client(redis_server.url)), sleep=sleep, max_hold_back=2.0)
+    other.before_attempt(time.monotonic() + 10)
+    assert len(sleep.waits) == 1 and 1.0 < sleep.waits[0] <= 2.0

@@ -49,6 +49,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_BACKOFF_FACTOR = 0.2
 RETRY_JITTER = 0.1
 RETRY_BACKOFF_MAX = 5.0
+# The longest Retry-After read as such (a year): anything longer is absurd anyway.
+RETRY_AFTER_READ_MAX = 365 * 24 * 3600
 # An attempt that would have less time than this before the deadline is not worth starting.
 MIN_ATTEMPT_SECONDS = 0.05
 
@@ -58,7 +60,9 @@ class Pacing(Protocol):
 
     def before_attempt(self, deadline: float | None) -> None: ...
 
-    def rate_limited(self, retry_after: float) -> None: ...
+    def rate_limited(self, retry_after: float) -> float: ...
+
+    def may_retry(self) -> bool: ...
 
 
 class RetryPolicy(Retry):
@@ -92,6 +96,9 @@ def retry_policy(retries: int) -> RetryPolicy:
         backoff_jitter=RETRY_JITTER,
         backoff_max=RETRY_BACKOFF_MAX,
         respect_retry_after_header=True,
+        # What Threatscore asks is read as asked (urllib3 would cut it to six hours); the relay
+        # bounds the wait itself (THREATSCORE_MAX_RETRY_AFTER) and logs what was asked.
+        retry_after_max=RETRY_AFTER_READ_MAX,
         raise_on_status=False,
     )
 
@@ -123,6 +130,7 @@ class Transport:
     ):
         self._pacing = pacing  # the rate limit and 429 hold-back shared by all instances
         self._timeout = settings.threatscore_timeout
+        self._max_retry_after = settings.threatscore_max_retry_after
         self._max_body_bytes = settings.threatscore_max_body_bytes
         self._session = session
         # Immutable: each exchange starts from it, and `increment` returns a new policy.
@@ -165,17 +173,21 @@ class Transport:
                     retry = retry.increment(method, url, response=reply.raw)
                 except MaxRetryError:
                     raise last_error from None
-                retry_after = _retry_after(retry, reply.raw)
+                asked = _retry_after(retry, reply.raw)
+                # Never longer than THREATSCORE_MAX_RETRY_AFTER, whatever Threatscore asks.
+                retry_after = None if asked is None else min(asked, self._max_retry_after)
                 wait = retry.get_backoff_time() if retry_after is None else retry_after
-                if reply.status == 429 and retry_after is not None and self._pacing is not None:
-                    self._pacing.rate_limited(retry_after)  # every instance holds back
+                if reply.status == 429 and asked is not None and self._pacing is not None:
+                    self._pacing.rate_limited(asked)  # every instance holds back
                 if reply.status == 429 and retry_after is not None and not _fits(wait, deadline):
                     raise TooManyRequestsError(
-                        f"Threatscore is rate limiting the relay (HTTP 429) and asks to wait {wait:g} s,"
+                        f"Threatscore is rate limiting the relay (HTTP 429) and asks to wait {asked:g} s,"
                         " longer than the relay's deadline allows"
                     ) from None
             if not _fits(wait, deadline):
                 raise last_error
+            if self._pacing is not None and not self._pacing.may_retry():
+                raise last_error  # the circuit breaker opened: no more attempts
             self._sleep(wait)
 
     def _fetch(self, method: str, url: str, deadline: float | None, json_body: object) -> _Reply:
