@@ -138,6 +138,8 @@ class DeploySettings:
     access_key_tenant: str = "soc"
     relay_env: dict[str, str] = field(default_factory=dict)  # the relay's own settings, passed on
     secrets: tuple[SecretRef, ...] = ()
+    # Every secret a deploy of this function may have made (whatever the mode): for `make destroy`.
+    made_secrets: tuple[SecretRef, ...] = ()
     dry_run: bool = False
 
     @property
@@ -261,6 +263,14 @@ def load(environ: Mapping[str, str] | None = None, env_file: Path = DEPLOY_ENV) 
                 "REDIS_SIGNING_KEY", "SECRET_REDIS_SIGNING_KEY", f"{function}-redis-signing-key", "random"
             )
         )
+    made_secrets = (
+        secret_ref("RELAY_SECRET", "SECRET_RELAY_SECRET", f"{function}-relay-secret", "random"),
+        secret_ref("RELAY_ACCESS_KEYS", "SECRET_RELAY_ACCESS_KEYS", f"{function}-access-keys", "random"),
+        secret_ref("REDIS_URL", "SECRET_REDIS_URL", f"{function}-redis-url", "memorystore"),
+        secret_ref(
+            "REDIS_SIGNING_KEY", "SECRET_REDIS_SIGNING_KEY", f"{function}-redis-signing-key", "random"
+        ),
+    )
     if len({ref.secret for ref in secrets}) != len(secrets):
         raise DeployError(f"two settings name the same secret: {', '.join(ref.secret for ref in secrets)}")
 
@@ -324,5 +334,6 @@ def load(environ: Mapping[str, str] | None = None, env_file: Path = DEPLOY_ENV) 
         access_key_tenant=named("ACCESS_KEY_TENANT", "soc"),
         relay_env=relay_env,
         secrets=tuple(secrets),
+        made_secrets=made_secrets,
         dry_run=get("DRY_RUN") not in ("", "0", "false", "no"),
     )
