@@ -150,7 +150,7 @@ save()
 class FakeGcloud:
     def __init__(self, tmp_path: Path):
         self.bin = tmp_path / "bin"
-        self.bin.mkdir()
+        self.bin.mkdir(parents=True)
         script = self.bin / "gcloud"
         script.write_text(
             SCRIPT.format(
