@@ -4,7 +4,7 @@ gcloud cannot reach Google from here: the fake records every call (arguments, ho
 input was given, the value sent there), keeps what was created in a state file (a describe
 answers "not found" until then, a delete removes it), and lists an upload folder as gcloud
 would. FAKE_GCLOUD_FAIL="WORDS=N" makes the first N calls whose words start with WORDS fail with
-Google's transient IAM error (N=-1: every one).
+Google's transient IAM error (N=-1: every one), or with FAKE_GCLOUD_FAIL_MESSAGE when set.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ if rule:
         done = state["failed"].get(prefix, 0)
         if int(count) < 0 or done < int(count):
             state["failed"][prefix] = done + 1
-            fail({transient!r}.format(command=".".join(words[:3])))
+            fail(os.environ.get("FAKE_GCLOUD_FAIL_MESSAGE") or {transient!r}.format(command=".".join(words[:3])))
 
 verbs = [i for i, word in enumerate(words) if word in ("describe", "create", "deploy", "delete", "update", "get-auth-string")]
 key = None
@@ -113,6 +113,9 @@ elif words[:3] == ["services", "list"]:
     print("\\n".join(state.get("apis", [])))
 elif words[:2] == ["services", "enable"]:
     state["apis"] = sorted(set(state.get("apis", [])) | set(words[2:]))
+elif words[:2] == ["functions", "deploy"] and not state["resources"].count("functions " + words[2]):
+    sys.stderr.write("Preparing function...done.\\nDeploying function...\\n")
+    state["resources"].append("functions " + words[2])
 elif words[:2] == ["meta", "list-files-for-upload"]:
     root = pathlib.Path(words[2])
     for path in sorted(root.rglob("*")):

@@ -21,6 +21,7 @@ from tests.conftest import ROOT
 from tests.fake_gcloud import (
     EGRESS_ADDRESS,
     PROJECT,
+    PROJECT_NUMBER,
     REDIS_AUTH,
     REGION,
     FakeGcloud,
@@ -258,6 +259,42 @@ def test_any_other_error_stops_at_once_with_the_step_and_what_to_do(gcloud, tmp_
     assert result.returncode != 0
     assert "gcloud is not logged in" in result.stderr and "gcloud auth login" in result.stderr
     assert [c[:2] for c in gcloud.commands()] == [["auth", "list"]]
+
+
+def test_gclouds_progress_reaches_the_operator_as_it_comes(gcloud):
+    result = gcloud.run(**JWKS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    deploy_at = next(i for i, line in enumerate(lines) if line.startswith("  $ gcloud functions deploy"))
+    assert lines[deploy_at + 1 : deploy_at + 3] == [
+        "    Preparing function...done.",
+        "    Deploying function...",
+    ]
+
+
+def test_a_region_without_cloud_functions_stops_before_any_change(gcloud):
+    result = gcloud.run(**{**JWKS, "GCP_REGION": "mars-north9"})
+    assert result.returncode != 0
+    assert "GCP_REGION=mars-north9 does not serve Cloud Functions" in result.stderr
+    assert "europe-west1" in result.stderr  # the regions there are
+    assert creates(gcloud.commands()) == []
+
+
+def test_a_build_permission_error_says_what_to_grant(gcloud):
+    google = (
+        "ERROR: (gcloud.functions.deploy) OperationError: code=3, message=Build failed with status: "
+        "FAILURE. Could not build the function due to a missing permission on the build service account."
+    )
+    result = gcloud.run(**JWKS, FAKE_GCLOUD_FAIL="functions deploy=-1", FAKE_GCLOUD_FAIL_MESSAGE=google)
+    assert result.returncode != 0
+    assert "step failed: Deploying the function" in result.stderr
+    assert google in result.stderr  # whole
+    assert (
+        f"gcloud projects add-iam-policy-binding {PROJECT} "
+        f"--member=serviceAccount:{PROJECT_NUMBER}-compute@developer.gserviceaccount.com "
+        "--role=roles/cloudbuild.builds.builder"
+    ) in result.stderr
+    assert len([c for c in gcloud.commands() if c[:2] == ["functions", "deploy"]]) == 1  # not retried
 
 
 def test_settings_from_deploy_env_and_the_environment_wins(gcloud):
