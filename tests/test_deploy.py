@@ -463,3 +463,22 @@ def test_a_fresh_virtualenv_from_the_upload_serves_the_relay(tmp_path):
         assert set(answer.json()) == {"version"}
     finally:
         stop_process(server)
+
+
+def test_which_secrets_each_setup_gets():
+    def secrets(**settings: str) -> dict[str, tuple[str, str]]:
+        loaded = load({**JWKS, **settings}, env_file=Path("/nonexistent"))
+        return {ref.env: (ref.secret, ref.origin) for ref in loaded.secrets}
+
+    assert secrets() == {"RELAY_ACCESS_KEYS": ("relay-access-keys", "random")}
+    # A Redis of one's own: its URL must exist; the signing key is made here.
+    assert secrets(SECRET_REDIS_URL="my-redis") == {
+        "RELAY_ACCESS_KEYS": ("relay-access-keys", "random"),
+        "REDIS_URL": ("my-redis", "operator"),
+        "REDIS_SIGNING_KEY": ("relay-redis-signing-key", "random"),
+    }
+    # Any organisation allowed: no access key, and the relay is told so.
+    loaded = load({**JWKS, "RELAY_ANY_ORGANISATION": "true"}, env_file=Path("/nonexistent"))
+    assert loaded.secrets == () and loaded.relay_env["RELAY_ANY_ORGANISATION"] == "true"
+    with pytest.raises(DeployError, match="two settings name the same secret"):
+        load({**JWKS, "SECRET_REDIS_URL": "same", "SECRET_RELAY_ACCESS_KEYS": "same"}, env_file=Path("/x"))
