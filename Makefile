@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help demo run test lint unit redis-server bench loadtest clean python-version deploy register
+.PHONY: help demo run test lint unit redis-server bench loadtest clean python-version deploy register destroy
 
 help: ## list the targets
 	@echo "make TARGET, where TARGET is one of:"
@@ -67,8 +67,10 @@ bench: $(VENV)/.dev ## measure the speed targets (one markdown table)
 loadtest: $(VENV)/.dev redis-server ## the relay under load, in front of the simulator with faults
 	$(BIN)/python -m loadtest $(LOADTEST_ARGS)
 
-clean: ## remove .venv, tool caches and the simulator's files (.simulator/)
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .schemathesis .simulator bench-results
+# Everything the targets make, so the tree is as a fresh clone (deploy.env, yours, stays).
+clean: ## remove what the targets made: .venv, caches, .simulator/, .deploy/, bench-results/
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .schemathesis .simulator .deploy bench-results
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Google Cloud (see docs/deploying.md): settings from the environment
 # and deploy.env (deploy.env.example). DRY_RUN=1 prints the gcloud commands instead of running them.
@@ -78,3 +80,7 @@ deploy: $(VENV)/.dev ## deploy to Google Cloud Functions (DRY_RUN=1 prints the g
 # Registers the module type in XDR with an API client's XDR_CLIENT_ID / XDR_CLIENT_SECRET.
 register: $(VENV)/.dev ## register the module type in XDR (DRY_RUN=1 shows the requests)
 	$(BIN)/python -m deploy register
+
+# Removes what make deploy made for the function (same settings); CONFIRM=<project id> to delete.
+destroy: $(VENV)/.dev ## remove everything make deploy made (DRY_RUN=1 prints the commands; CONFIRM=PROJECT deletes)
+	$(BIN)/python -m deploy destroy

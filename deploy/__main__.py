@@ -1,4 +1,4 @@
-"""`python -m deploy deploy` and `python -m deploy register` (what `make deploy` / `make register` run)."""
+"""`python -m deploy deploy|register|destroy` (what `make deploy`, `make register`, `make destroy` run)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ from deploy.settings import DeployError
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args not in (["deploy"], ["register"]):
-        print("usage: python -m deploy deploy|register", file=sys.stderr)
+    if args not in (["deploy"], ["register"], ["destroy"]):
+        print("usage: python -m deploy deploy|register|destroy", file=sys.stderr)
         return 2
     try:
         if args == ["deploy"]:
             from deploy.cloud import deploy
 
             deploy()
+        elif args == ["destroy"]:
+            from deploy.destroy import destroy
+
+            destroy()
         else:
             from deploy.register import register
 

@@ -10,17 +10,14 @@ Memorystore URL with its AUTH string) go to `gcloud` on its standard input.
 
 from __future__ import annotations
 
-import json
-import re
 import secrets as random_secrets
-import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
 import yaml
 
+from deploy.gcloud import Gcloud
 from deploy.settings import ROOT, WORK_DIR, DeployError, DeploySettings, SecretRef, load
 from relay.module_type import module_type, render
 
@@ -28,6 +25,8 @@ from relay.module_type import module_type, render
 UPLOAD_FILES = ("main.py", "requirements.txt")
 UPLOAD_PACKAGE = "relay"
 APIS = (
+    "cloudresourcemanager.googleapis.com",  # the project check
+    "iam.googleapis.com",  # the function's service account
     "cloudfunctions.googleapis.com",
     "run.googleapis.com",
     "cloudbuild.googleapis.com",
@@ -35,59 +34,11 @@ APIS = (
     "secretmanager.googleapis.com",
 )
 NETWORK_APIS = ("compute.googleapis.com", "vpcaccess.googleapis.com")
-_NOT_FOUND = re.compile(r"NOT_FOUND|not found|was not found", re.IGNORECASE)
-
-
-class Gcloud:
-    """Runs `gcloud`, or prints what it would run. Every command is printed before it runs."""
-
-    def __init__(self, project: str, dry_run: bool):
-        self.project = project
-        self.dry_run = dry_run
-        self.executable = "gcloud" if dry_run else shutil.which("gcloud")
-        if self.executable is None:
-            raise DeployError("gcloud is not on PATH (install the Google Cloud CLI, or try DRY_RUN=1)")
-
-    def _command(self, args: list[str]) -> list[str]:
-        return ["gcloud", *args, f"--project={self.project}"]
-
-    def run(self, *args: str, stdin: str | None = None, stdin_note: str = "", check: bool = True) -> str:
-        command = self._command(list(args))
-        shown = shlex.join(command) + (f"   # standard input: {stdin_note}" if stdin is not None else "")
-        print(("[dry run] " if self.dry_run else "$ ") + shown, flush=True)
-        if self.dry_run:
-            return ""
-        result = subprocess.run(  # noqa: S603 - gcloud with our own arguments, no shell
-            [self.executable, *command[1:]], input=stdin, capture_output=True, text=True, check=False
-        )
-        if check and result.returncode != 0:
-            raise DeployError(f"gcloud failed ({shlex.join(command[:4])} ...):\n{result.stderr.strip()}")
-        return result.stdout
-
-    def describe(self, *args: str) -> dict | None:
-        """The resource as JSON, or None when Google says it does not exist (or in a dry run)."""
-        command = self._command([*args, "--format=json"])
-        print(("[dry run] " if self.dry_run else "$ ") + shlex.join(command), flush=True)
-        if self.dry_run:
-            return None
-        result = subprocess.run(  # noqa: S603 - gcloud with our own arguments, no shell
-            [self.executable, *command[1:]], capture_output=True, text=True, check=False
-        )
-        if result.returncode == 0:
-            try:
-                return json.loads(result.stdout or "{}")
-            except json.JSONDecodeError:
-                return {}
-        if _NOT_FOUND.search(result.stderr):
-            return None
-        raise DeployError(f"gcloud failed ({shlex.join(command[:4])} ...):\n{result.stderr.strip()}")
-
-    def ensure(self, describe: list[str], create: list[str]) -> dict | None:
-        """Describe before create: creates the resource only when it is missing."""
-        found = self.describe(*describe)
-        if found is None:
-            self.run(*create)
-        return found
+# Marks what the deploy made itself (secrets, the Memorystore instance): `make destroy` deletes
+# only those, never a secret of the operator's.
+MADE_BY = "made-by=relay-deploy"
+SERVICE_ACCOUNT_NAME = "Threatscore relay (runtime)"
+CPU_BOOST = "run.googleapis.com/startup-cpu-boost"
 
 
 def stage_source(target: Path) -> list[str]:
@@ -160,7 +111,7 @@ def ensure_service_account(gcloud: Gcloud, settings: DeploySettings) -> None:
             "service-accounts",
             "create",
             settings.service_account_id,
-            "--display-name=Threatscore relay (runtime)",
+            f"--display-name={SERVICE_ACCOUNT_NAME}",
         ],
     )
 
@@ -250,6 +201,7 @@ def memorystore_url(gcloud: Gcloud, settings: DeploySettings) -> str | None:
             f"--size={settings.redis_size_gb}",
             "--redis-version=redis_7_2",
             "--enable-auth",
+            f"--labels={MADE_BY}",
         ],
     )
     instance = gcloud.describe(*describe)
@@ -274,33 +226,72 @@ def memorystore_url(gcloud: Gcloud, settings: DeploySettings) -> str | None:
     return f"redis://{credentials}{host}:{port}/0"
 
 
-def ensure_secret(gcloud: Gcloud, settings: DeploySettings, ref: SecretRef, value: str | None) -> None:
-    """The secret exists, the function's account may read it, and `value` (when this tool makes the
-    value: a new RELAY_SECRET, the Memorystore URL) is its latest version."""
-    made_here = ref.env == "RELAY_SECRET" or (ref.env == "REDIS_URL" and settings.redis == "memorystore")
-    found = gcloud.describe("secrets", "describe", ref.secret)
-    if found is None and not made_here:
-        if not settings.dry_run:
-            raise DeployError(
-                f"Secret Manager has no secret {ref.secret} for {ref.env}. Create it first:\n"
+def secret_value(ref: SecretRef, settings: DeploySettings) -> str:
+    """A new random value for a secret the deploy makes itself (seen by nobody, never printed)."""
+    if ref.env == "RELAY_ACCESS_KEYS":
+        return f"{settings.access_key_tenant}={random_secrets.token_urlsafe(32)}"  # 43 characters
+    return random_secrets.token_urlsafe(48)
+
+
+def check_secrets(gcloud: Gcloud, settings: DeploySettings) -> dict[str, bool]:
+    """Which of the named secrets exist. A secret only the operator can give (a Threatscore API
+    key, the URL of a Redis of their own) that is missing stops the deploy here, before any change."""
+    exists = {}
+    missing = []
+    for ref in settings.secrets:
+        exists[ref.secret] = gcloud.describe("secrets", "describe", ref.secret) is not None
+        if not exists[ref.secret] and ref.origin == "operator":
+            missing.append(ref)
+    if missing and not settings.dry_run:
+        raise DeployError(
+            "Secret Manager has no "
+            + ", ".join(f"secret {ref.secret} for {ref.env}" for ref in missing)
+            + ". Create it first (nothing has been created yet):\n"
+            + "\n".join(
                 f'  printf %s "$VALUE" | gcloud secrets create {ref.secret} --data-file=- '
                 f"--project={settings.project}"
+                for ref in missing
             )
-        print(f"  {ref.env}: Secret Manager secret {ref.secret} must exist (its value is yours to give)")
-    elif found is None:
-        if value is None and ref.env == "RELAY_SECRET":
-            value = random_secrets.token_urlsafe(48)  # a new secret, seen by nobody
-            print(f"  {ref.env}: a new random secret goes to Secret Manager secret {ref.secret}")
-        gcloud.run("secrets", "create", ref.secret, "--replication-policy=automatic")
-        gcloud.run(
-            "secrets", "versions", "add", ref.secret, "--data-file=-", stdin=value or "", stdin_note=ref.env
         )
-    elif value is not None:
-        latest = gcloud.run("secrets", "versions", "access", "latest", f"--secret={ref.secret}", check=False)
-        if latest != value:
+    for ref in missing:
+        print(f"    {ref.env}: secret {ref.secret} must exist (its value is yours to give)")
+    return exists
+
+
+def ensure_secret(
+    gcloud: Gcloud, settings: DeploySettings, ref: SecretRef, exists: bool, value: str | None
+) -> None:
+    """The secret exists, the function's account may read it, and `value` (the Memorystore URL)
+    is its latest version. Values go to gcloud on its standard input, never on a command line."""
+    if not exists and ref.origin != "operator":
+        if value is None and ref.origin == "random":
+            value = secret_value(ref, settings)
+            print(f"    {ref.env}: a new random value goes to Secret Manager secret {ref.secret}")
+        gcloud.run(
+            "secrets",
+            "create",
+            ref.secret,
+            "--replication-policy=automatic",
+            f"--labels={MADE_BY}",
+            "--data-file=-",
+            stdin=value or "",
+            stdin_note=ref.env,
+        )
+    elif exists and value is not None:
+        latest = gcloud.call(
+            "secrets",
+            "versions",
+            "access",
+            "latest",
+            f"--secret={ref.secret}",
+            stream=False,
+            allow_missing=True,
+        )
+        if latest is None or latest.stdout != value:
             gcloud.run(
                 "secrets", "versions", "add", ref.secret, "--data-file=-", stdin=value, stdin_note=ref.env
             )
+    # Right after the account's creation this may fail while IAM propagates: retried.
     gcloud.run(
         "secrets",
         "add-iam-policy-binding",
@@ -321,40 +312,124 @@ def check_upload(gcloud: Gcloud, source: Path, staged: list[str]) -> None:
         raise DeployError(f"gcloud would upload {uploaded}, not the staged {staged}")
 
 
-def deploy(settings: DeploySettings | None = None) -> None:
-    settings = settings or load()
-    gcloud = Gcloud(settings.project, settings.dry_run)
-    WORK_DIR.mkdir(exist_ok=True)
-    source, env_file = WORK_DIR / "source", WORK_DIR / "env.yaml"
-    staged = stage_source(source)
-    env_file.write_text(yaml.safe_dump(env_vars(settings), default_flow_style=False, sort_keys=True))
-
-    print(f"Deploying {settings.function_name} to {settings.project} ({settings.region})")
+def apis_of(settings: DeploySettings) -> list[str]:
     apis = list(APIS)
     if settings.needs_connector:
         apis += NETWORK_APIS
     if settings.redis == "memorystore":
         apis.append("redis.googleapis.com")
-    gcloud.run("services", "enable", *apis)
+    return apis
+
+
+def check_login(gcloud: Gcloud, settings: DeploySettings) -> None:
+    """gcloud has an active account (read from its own configuration: no API needed)."""
+    answer = gcloud.call("auth", "list", "--filter=status:ACTIVE", "--format=value(account)", stream=False)
+    if answer is None:
+        return
+    account = answer.stdout.strip()
+    if not account:
+        raise DeployError(
+            "gcloud is not logged in (no active account). Run `gcloud auth login`, then the same make "
+            "command again; nothing has been created."
+        )
+    print(f"    logged in as {account}")
+
+
+def check_project_and_region(gcloud: Gcloud, settings: DeploySettings) -> str | None:
+    """The project exists and this account sees it; the region serves Cloud Functions. The
+    project's number (for the build's service account), or None in a dry run."""
+    project = gcloud.describe("projects", "describe", settings.project)
+    if project is None and not settings.dry_run:
+        raise DeployError(
+            f"project {settings.project} was not found, or your account may not see it: check "
+            "GCP_PROJECT and `gcloud auth list`"
+        )
+    regions = gcloud.describe("functions", "regions", "list", "--gen2")
+    if regions is not None and not settings.dry_run:
+        names = {
+            str(entry.get("locationId") or entry.get("name", "")).rsplit("/", 1)[-1] for entry in regions
+        }
+        if settings.region not in names:
+            raise DeployError(
+                f"GCP_REGION={settings.region} does not serve Cloud Functions (gen2) for this project; "
+                f"regions: {', '.join(sorted(names))}"
+            )
+    return str((project or {}).get("projectNumber", "")) or None
+
+
+def ensure_cpu_boost(gcloud: Gcloud, settings: DeploySettings, described: dict | None) -> None:
+    """Start-up CPU boost on the function's Cloud Run service: a cold start's imports and first
+    connections get more CPU. Set only when missing (a new `functions deploy` may drop it)."""
+    service = ((described or {}).get("serviceConfig") or {}).get("service", "") or settings.function_name
+    name = service.rsplit("/", 1)[-1]
+    region = f"--region={settings.region}"
+    found = gcloud.describe("run", "services", "describe", name, region)
+    annotations = (
+        (((found or {}).get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations", {})
+    )
+    if str(annotations.get(CPU_BOOST, "")).lower() == "true":
+        print("    start-up CPU boost is on")
+        return
+    gcloud.run("run", "services", "update", name, region, "--cpu-boost")
+
+
+def deploy(settings: DeploySettings | None = None) -> None:
+    settings = settings or load()
+    gcloud = Gcloud(settings.project, settings.dry_run, settings.iam_retry_seconds)
+    WORK_DIR.mkdir(exist_ok=True)
+    source, env_file = WORK_DIR / "source", WORK_DIR / "env.yaml"
+    staged = stage_source(source)
+    env_file.write_text(yaml.safe_dump(env_vars(settings), default_flow_style=False, sort_keys=True))
+    print(
+        f"Deploying {settings.function_name} to {settings.project} ({settings.region})"
+        + (": DRY RUN, nothing is run" if settings.dry_run else "")
+    )
+
+    # Checks first: a mistake costs seconds. Enabling the APIs is the one change before them.
+    gcloud.step("Checking gcloud's login")
+    check_login(gcloud, settings)
+    gcloud.step("Enabling the APIs the deploy uses (one call; the first time takes a minute)")
+    gcloud.run("services", "enable", *apis_of(settings))
+    gcloud.step("Checking the project, the region and the secrets you named")
+    project_number = check_project_and_region(gcloud, settings)
+    exists = check_secrets(gcloud, settings)
+
+    gcloud.step("The function's service account")
     ensure_service_account(gcloud, settings)
     address = None
     if settings.needs_connector:
+        gcloud.step("Network and Serverless VPC Access connector (the connector takes minutes)")
         ensure_network(gcloud, settings)
     if settings.egress == "static":
+        gcloud.step("A fixed outbound address: Cloud Router, reserved address, Cloud NAT")
         address = ensure_static_egress(gcloud, settings)
+    if settings.redis == "memorystore":
+        gcloud.step("Memorystore for Redis (a new instance takes several minutes)")
+    redis_url = memorystore_url(gcloud, settings) if settings.redis == "memorystore" else None
+    gcloud.step("Secrets in Secret Manager, readable by the function's account only")
     for ref in settings.secrets:
-        value = memorystore_url(gcloud, settings) if ref.env == "REDIS_URL" and settings.redis else None
-        ensure_secret(gcloud, settings, ref, value)
+        ensure_secret(
+            gcloud, settings, ref, exists[ref.secret], redis_url if ref.origin == "memorystore" else None
+        )
+    gcloud.step("The upload")
     check_upload(gcloud, source, staged)
-    gcloud.run(*deploy_command(settings, source, env_file))
-
+    gcloud.step("Deploying the function (Google builds it: a few minutes)")
+    try:
+        gcloud.run(*deploy_command(settings, source, env_file))
+    except DeployError as exc:
+        if project_number and "What to do: the function's build" in str(exc):
+            raise DeployError(f"{exc}\n{build_grant(settings, project_number)}") from None
+        raise
     described = gcloud.describe(
         "functions", "describe", settings.function_name, f"--region={settings.region}", "--gen2"
     )
-    url = (described or {}).get("url") or settings.default_url
+    gcloud.step("Start-up CPU boost on the function's Cloud Run service")
+    ensure_cpu_boost(gcloud, settings, described if isinstance(described, dict) else None)
+
+    url = (described if isinstance(described, dict) else {}).get("url") or settings.default_url
     module_type_file = WORK_DIR / "module_type.json"
     module_type_file.write_text(render(module_type(settings.audience, settings.xdr_region)))
-    print()
+    print(f"\n[{gcloud.elapsed()}] Done.")
     print(f"URL:       {url}")
     print(f"Audience:  {settings.audience} (RELAY_AUDIENCE: XDR must register exactly this URL)")
     if settings.audience != url and described:
@@ -365,5 +440,34 @@ def deploy(settings: DeploySettings | None = None) -> None:
         print(
             f"Egress:    every call to Threatscore leaves from {address}: give this address to Cyberprotect"
         )
-    print(f"Next:      the module type for XDR ({settings.xdr_region}): {module_type_file};")
-    print("           register it with XDR_CLIENT_ID=... XDR_CLIENT_SECRET=... make register")
+    access = settings.secret("RELAY_ACCESS_KEYS")
+    if access:
+        print(
+            "Access key: XDR's module asks for it (Relay access key). Show it with\n"
+            f"             gcloud secrets versions access latest --secret={access.secret} "
+            f"--project={settings.project}\n"
+            f"           and paste the part after '{settings.access_key_tenant}=' into the module in XDR."
+        )
+    if settings.relay_auth == "jwks":
+        print(f"Next:      the module type for XDR ({settings.xdr_region}): {module_type_file};")
+        print("           register it with XDR_CLIENT_ID=... XDR_CLIENT_SECRET=... make register")
+    else:
+        secret = settings.secret("RELAY_SECRET")
+        print(
+            "Next:      a token for XDR's generic relay module, signed with the secret:\n"
+            f'           RELAY_SECRET="$(gcloud secrets versions access latest --secret={secret.secret} '
+            f'--project={settings.project})" .venv/bin/python -m relay token --aud {settings.audience} '
+            "--days 365"
+        )
+    print(f"Check:     curl -s -X POST {url}/health  (answers 'authorization error' without XDR's token)")
+
+
+def build_grant(settings: DeploySettings, project_number: str) -> str:
+    """The command that gives the default build service account what a build needs."""
+    return (
+        "Projects made since mid-2024 build with the Compute Engine default service account, which "
+        "may lack the role a build needs. Grant it:\n"
+        f"  gcloud projects add-iam-policy-binding {settings.project} "
+        f"--member=serviceAccount:{project_number}-compute@developer.gserviceaccount.com "
+        "--role=roles/cloudbuild.builds.builder"
+    )

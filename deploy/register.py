@@ -1,10 +1,14 @@
-"""`make register`: posts the relay's module type to XDR's module-type API (IROH-INT).
+"""`make register`: puts the relay's module type in XDR's module-type API (IROH-INT), once.
 
 An XDR API client's credentials (XDR_CLIENT_ID, XDR_CLIENT_SECRET, from the
 environment) get an OAuth2 client-credentials token from the region's IROH
-token endpoint; the module type goes to `POST /iroh/iroh-int/module-type`
-with it. `DRY_RUN=1` shows what would be sent (never the secret). XDR_API_URL
-overrides the region's base URL (the tests' fake XDR on 127.0.0.1).
+token endpoint. The organisation's module types are listed
+(`GET /iroh/iroh-int/module-type/`): one with the same title is updated by id
+(`PATCH .../module-type/ID`, its URL included), none means a new one
+(`POST`), two or more stop the command naming their ids. `DRY_RUN=1` may read
+(the token, the list) but changes nothing, and says which it would do (never
+the secret). XDR_API_URL overrides the region's base URL (the tests' fake XDR
+on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import ipaddress
 import json
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -75,13 +79,17 @@ def register(environ: dict[str, str] | None = None) -> dict | None:
     dry_run = environ.get("DRY_RUN", "").strip() not in ("", "0", "false", "no")
     client_id = environ.get("XDR_CLIENT_ID", "").strip()
     client_secret = environ.get("XDR_CLIENT_SECRET", "")
-    if dry_run:
+    if dry_run and not (client_id and client_secret):
         print(
             f"[dry run] POST {base}{TOKEN_PATH}  grant_type=client_credentials,"
             f" client {client_id or '(XDR_CLIENT_ID)'}"
         )
         print("          (HTTP Basic with XDR_CLIENT_SECRET, not shown)")
-        print(f"[dry run] POST {base}{MODULE_TYPE_PATH}  Authorization: Bearer (the token), body:")
+        print(f"[dry run] GET {base}{MODULE_TYPE_PATH}/  (the organisation's module types)")
+        print(
+            f"[dry run] then PATCH {base}{MODULE_TYPE_PATH}/ID if one is titled {document.get('title')!r}, "
+            f"else POST {base}{MODULE_TYPE_PATH}; body:"
+        )
         print(json.dumps(document, indent=2, ensure_ascii=False))
         return None
     if not client_id or not client_secret:
@@ -90,17 +98,20 @@ def register(environ: dict[str, str] | None = None) -> dict | None:
         )
 
     session = requests.Session()
-    try:
-        token_response = session.post(
-            base + TOKEN_PATH,
-            auth=(client_id, client_secret),
-            data={"grant_type": "client_credentials"},
-            headers={"Accept": "application/json"},
-            timeout=TIMEOUT,
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        raise DeployError(f"cannot reach XDR at {base}: {type(exc).__name__}") from None
+
+    def exchange(method: str, path: str, **kwargs) -> requests.Response:
+        try:
+            return session.request(method, base + path, timeout=TIMEOUT, allow_redirects=False, **kwargs)
+        except requests.RequestException as exc:
+            raise DeployError(f"cannot reach XDR at {base}: {type(exc).__name__}") from None
+
+    token_response = exchange(
+        "POST",
+        TOKEN_PATH,
+        auth=(client_id, client_secret),
+        data={"grant_type": "client_credentials"},
+        headers={"Accept": "application/json"},
+    )
     if token_response.status_code != 200:
         raise DeployError(
             f"XDR refused the API client's credentials (HTTP {token_response.status_code}): "
@@ -110,27 +121,57 @@ def register(environ: dict[str, str] | None = None) -> dict | None:
         access_token = token_response.json()["access_token"]
     except (ValueError, KeyError, TypeError):
         raise DeployError("XDR's token answer has no access_token") from None
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
 
-    print(
-        f"POST {base}{MODULE_TYPE_PATH}"
-        f" ({document.get('title')}, {document.get('properties', {}).get('url')})"
-    )
-    try:
-        created = session.post(
-            base + MODULE_TYPE_PATH,
-            json=document,
-            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-            timeout=TIMEOUT,
-            allow_redirects=False,
+    title = document.get("title")
+    url = document.get("properties", {}).get("url")
+    print(f"GET {base}{MODULE_TYPE_PATH}/  (module types titled {title!r})")
+    listed = exchange("GET", MODULE_TYPE_PATH + "/", headers=headers)
+    if listed.status_code != 200:
+        raise DeployError(
+            f"XDR refused to list module types (HTTP {listed.status_code}): {xdr_words(listed)}"
         )
-    except requests.RequestException as exc:
-        raise DeployError(f"cannot reach XDR at {base}: {type(exc).__name__}") from None
-    if created.status_code not in (200, 201):
-        raise DeployError(f"XDR refused the module type (HTTP {created.status_code}): {xdr_words(created)}")
     try:
-        answer = created.json()
+        entries = listed.json()
+    except ValueError:
+        raise DeployError("XDR's list of module types is not JSON") from None
+    if isinstance(entries, dict):
+        entries = entries.get("data") or entries.get("items") or []
+    same = [entry for entry in entries if isinstance(entry, dict) and entry.get("title") == title]
+    if len(same) > 1:
+        ids = ", ".join(str(entry.get("id")) for entry in same)
+        raise DeployError(
+            f"XDR has {len(same)} module types titled {title!r} ({ids}): keep one (delete the others in "
+            "XDR, or with DELETE /iroh/iroh-int/module-type/ID), then run make register again"
+        )
+    existing = same[0].get("id") if same else None
+    if dry_run:
+        if existing:
+            print(f"[dry run] would update module type {existing}: PATCH {base}{MODULE_TYPE_PATH}/{existing}")
+        else:
+            print(f"[dry run] would create a module type: POST {base}{MODULE_TYPE_PATH}")
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return None
+
+    if existing:
+        print(f"PATCH {base}{MODULE_TYPE_PATH}/{existing} ({title}, {url})")
+        sent = exchange(
+            "PATCH", f"{MODULE_TYPE_PATH}/{quote(str(existing), safe='')}", json=document, headers=headers
+        )
+    else:
+        print(f"POST {base}{MODULE_TYPE_PATH} ({title}, {url})")
+        sent = exchange("POST", MODULE_TYPE_PATH, json=document, headers=headers)
+    if sent.status_code not in (200, 201):
+        raise DeployError(f"XDR refused the module type (HTTP {sent.status_code}): {xdr_words(sent)}")
+    try:
+        answer = sent.json()
     except ValueError:
         answer = {}
-    identifier = answer.get("id", "(no id in the answer)") if isinstance(answer, dict) else "(no id)"
-    print(f"Registered: module type {identifier}. In XDR, add a Threatscore module from the catalogue.")
+    identifier = (
+        (answer.get("id") if isinstance(answer, dict) else None) or existing or "(no id in the answer)"
+    )
+    if existing:
+        print(f"Updated: module type {identifier} now points to {url}.")
+    else:
+        print(f"Created: module type {identifier}. In XDR, add a Threatscore module from the catalogue.")
     return answer

@@ -23,6 +23,9 @@ JWKS_HOSTS = {
 }
 SUPPORTED_APIS = ("health", "observe/observables", "deliberate/observables", "refer/observables")
 ENTITIES_LIMIT_KEY = "custom_CTR_ENTITIES_LIMIT"  # XDR drops `custom_` in the token: CTR_ENTITIES_LIMIT
+# The operator's access key (one of RELAY_ACCESS_KEYS): XDR sends it in every token as ACCESS_KEY,
+# so only organisations the operator gave it to can use the relay.
+ACCESS_KEY_KEY = "custom_ACCESS_KEY"
 DEFAULT_ENTITIES_LIMIT = 100
 
 # Our own logo: a gauge whose needle points to "high". Small enough to travel in every listing.
@@ -82,6 +85,8 @@ def module_type(url: str, region: str = "us") -> dict:
             "3. Threatscore allow-lists the addresses it answers: deploy with `EGRESS=static` and give "
             "Cyberprotect the address it prints.\n\n"
             "Then add a Threatscore module from the catalogue:\n\n"
+            "- **Relay access key**: the key `make deploy` put in Secret Manager (it prints the "
+            "`gcloud secrets versions access` command that shows it); required.\n"
             "- **Entities Limit**: the most entities of each kind returned per observable "
             f"(a positive number; {DEFAULT_ENTITIES_LIMIT} when left empty)."
         ),
@@ -98,6 +103,16 @@ def module_type(url: str, region: str = "us") -> dict:
         ],
         "configuration_spec": [
             {
+                "key": ACCESS_KEY_KEY,
+                "type": "password",
+                "label": "Relay access key",
+                "tooltip": (
+                    "The access key of your relay deployment (from its Secret Manager secret of "
+                    "access keys, the part after `=`). The relay refuses tokens without it."
+                ),
+                "required": True,
+            },
+            {
                 "key": ENTITIES_LIMIT_KEY,
                 "type": "integer",
                 "label": "Entities Limit",
@@ -107,7 +122,7 @@ def module_type(url: str, region: str = "us") -> dict:
                 ),
                 "required": False,
                 "default_value": DEFAULT_ENTITIES_LIMIT,
-            }
+            },
         ],
         "properties": {
             "url": url,

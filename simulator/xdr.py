@@ -90,3 +90,55 @@ class XdrKeys:
         if access_key is not None:
             claims["ACCESS_KEY"] = access_key  # the module's custom_ACCESS_KEY, as XDR sends it
         return jwt.encode(claims, self.private_key, algorithm="RS256", headers={"kid": self.kid})
+
+
+class ModuleTypeApi:
+    """XDR's module-type API (IROH-INT) for one organisation, in memory: what `make register`
+    talks to. `handle` answers a werkzeug request: the client-credentials token endpoint
+    (`POST /iroh/oauth2/token`, HTTP Basic), `GET /iroh/iroh-int/module-type/` (the list),
+    `POST /iroh/iroh-int/module-type` (create, a new id) and `PATCH /iroh/iroh-int/module-type/ID`
+    (update). Anything else, or a wrong token, is refused as XDR refuses it."""
+
+    TOKEN_PATH = "/iroh/oauth2/token"  # noqa: S105 - a path
+    PATH = "/iroh/iroh-int/module-type"
+
+    def __init__(self, client_id: str, client_secret: str, access_token: str):
+        self.client_id, self.client_secret, self.access_token = client_id, client_secret, access_token
+        self.module_types: dict[str, dict[str, Any]] = {}
+        self.changes: list[tuple[str, str]] = []  # (method, id) of each create or update
+
+    def handle(self, request: Any) -> Any:
+        import base64
+        import json
+        import uuid
+
+        from werkzeug import Response
+
+        def answer(body: Any, status: int = 200) -> Response:
+            return Response(json.dumps(body), status, content_type="application/json")
+
+        if request.path == self.TOKEN_PATH and request.method == "POST":
+            credentials = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+            if request.headers.get("Authorization") != f"Basic {credentials}" or (
+                request.form.get("grant_type") != "client_credentials"
+            ):
+                return answer({"error": "invalid_client", "error_description": "Bad credentials"}, 401)
+            return answer({"access_token": self.access_token, "token_type": "bearer", "expires_in": 600})
+        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            return answer({"error": "unauthorized", "message": "invalid token"}, 401)
+        path = request.path.rstrip("/")
+        if path == self.PATH and request.method == "GET":
+            return answer(list(self.module_types.values()))
+        if path == self.PATH and request.method == "POST":
+            identifier = f"module-type-{uuid.uuid4().hex[:12]}"
+            self.module_types[identifier] = {**request.get_json(), "id": identifier}
+            self.changes.append(("POST", identifier))
+            return answer(self.module_types[identifier], 201)
+        if path.startswith(self.PATH + "/") and request.method == "PATCH":
+            identifier = path.rsplit("/", 1)[-1]
+            if identifier not in self.module_types:
+                return answer({"error": "not_found", "message": f"no module type {identifier}"}, 404)
+            self.module_types[identifier].update(request.get_json())
+            self.changes.append(("PATCH", identifier))
+            return answer(self.module_types[identifier])
+        return answer({"error": "not_found", "message": f"{request.method} {request.path}"}, 404)

@@ -1,16 +1,12 @@
-"""`make deploy` against a fake `gcloud` (first on PATH), and the upload it makes.
-
-gcloud cannot reach Google from here: the fake records every call (arguments
-and standard input), keeps what was created in a state file (a describe
-answers "not found" until then), and lists an upload folder as gcloud would.
-"""
+"""`make deploy` against a recording fake `gcloud` (first on PATH, tests/fake_gcloud.py), and the
+upload it makes."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
+import time
 import venv
 from pathlib import Path
 
@@ -19,122 +15,23 @@ import pytest
 import requests
 import yaml
 
+from deploy.settings import DeployError, load
 from relay.module_type import module_type
 from tests.conftest import ROOT
+from tests.fake_gcloud import (
+    EGRESS_ADDRESS,
+    PROJECT,
+    PROJECT_NUMBER,
+    REDIS_AUTH,
+    REGION,
+    FakeGcloud,
+    creates,
+    flags,
+)
 from tests.relay_process import free_port, stop_process, wait_for_port, without_relay_settings
 
-PROJECT, REGION = "acme-xdr-prod", "europe-west1"
 URL = f"https://{REGION}-{PROJECT}.cloudfunctions.net/relay"
 SHELL_SECRET = "a-shell-exported-relay-secret-" + "q" * 20
-REDIS_AUTH = "memorystore-auth-string-7f3a9c"
-EGRESS_ADDRESS = "203.0.113.7"
-
-FAKE_GCLOUD = '''\
-#!{python}
-"""A fake gcloud: records its calls, remembers what was created, answers describe and upload lists."""
-import json, os, pathlib, sys
-
-state_path = pathlib.Path(os.environ["FAKE_GCLOUD_STATE"])
-state = json.loads(state_path.read_text()) if state_path.exists() else {{"resources": [], "secrets": {{}}}}
-args = sys.argv[1:]
-stdin = sys.stdin.read() if "--data-file=-" in args else None
-with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
-    log.write(json.dumps({{"args": args, "stdin": stdin}}) + "\\n")
-options = dict(arg[2:].split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
-words = [arg for arg in args if not arg.startswith("--")]
-verbs = [i for i, word in enumerate(words) if word in ("describe", "create", "deploy", "get-auth-string")]
-key = None
-if verbs:
-    i = verbs[0]
-    name = words[i + 1]
-    if words[:2] == ["iam", "service-accounts"]:
-        name = name.split("@")[0]
-    key = " ".join(words[:i] + [name])
-
-def answer(kind):
-    if kind.startswith("compute addresses"):
-        return {{"address": "{address}"}}
-    if kind.startswith("redis instances"):
-        return {{"host": "10.20.30.40", "port": 6378, "transitEncryptionMode": "DISABLED"}}
-    if kind.startswith("functions"):
-        return {{"url": "https://%s-%s.cloudfunctions.net/%s" % (options["region"], options["project"], name)}}
-    return {{"name": key}}
-
-if words[:2] == ["meta", "list-files-for-upload"]:
-    root = pathlib.Path(words[2])
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            print(path.relative_to(root))
-elif "get-auth-string" in words:
-    print(json.dumps({{"authString": os.environ["FAKE_REDIS_AUTH"]}}))
-elif words[:3] == ["secrets", "versions", "add"]:
-    state["secrets"][words[3]] = stdin
-elif words[:3] == ["secrets", "versions", "access"]:
-    sys.stdout.write(state["secrets"].get(options["secret"], ""))
-elif verbs and words[verbs[0]] == "describe":
-    if key not in state["resources"]:
-        sys.stderr.write("ERROR: (gcloud.%s) NOT_FOUND: %s not found\\n" % (".".join(words[:verbs[0] + 1]), key))
-        sys.exit(1)
-    print(json.dumps(answer(key)))
-elif verbs:
-    if key not in state["resources"]:
-        state["resources"].append(key)
-state_path.write_text(json.dumps(state))
-'''
-
-
-class FakeGcloud:
-    def __init__(self, tmp_path: Path):
-        self.bin = tmp_path / "bin"
-        self.bin.mkdir()
-        script = self.bin / "gcloud"
-        script.write_text(FAKE_GCLOUD.format(python=sys.executable, address=EGRESS_ADDRESS))
-        script.chmod(0o755)
-        self.log = tmp_path / "gcloud.log"
-        self.state = tmp_path / "gcloud-state.json"
-        self.work = tmp_path / "work"
-        self.deploy_env = tmp_path / "deploy.env"
-
-    def seed(self, *resources: str) -> None:
-        self.state.write_text(json.dumps({"resources": list(resources), "secrets": {}}))
-
-    def calls(self) -> list[dict]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def commands(self) -> list[list[str]]:
-        return [call["args"] for call in self.calls()]
-
-    def run(self, target: str = "deploy", **settings: str) -> subprocess.CompletedProcess:
-        env = {
-            **without_relay_settings(os.environ),
-            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
-            "FAKE_GCLOUD_LOG": str(self.log),
-            "FAKE_GCLOUD_STATE": str(self.state),
-            "FAKE_REDIS_AUTH": REDIS_AUTH,
-            "DEPLOY_ENV": str(self.deploy_env),
-            "DEPLOY_WORK_DIR": str(self.work),
-            **settings,
-        }
-        return subprocess.run(
-            ["make", "--no-print-directory", target],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-
-def flags(command: list[str]) -> dict[str, str]:
-    return dict(
-        arg[2:].split("=", 1) if "=" in arg else (arg[2:], "") for arg in command if arg.startswith("--")
-    )
-
-
-def creates(commands: list[list[str]]) -> list[str]:
-    return [" ".join(word for word in c if not word.startswith("--")) for c in commands if "create" in c]
 
 
 @pytest.fixture
@@ -174,6 +71,7 @@ def test_deploy_asks_google_for_everything_and_no_secret_leaks(gcloud):
     assert (options["min-instances"], options["max-instances"]) == ("0", "10")
     assert options["service-account"] == f"relay-runtime@{PROJECT}.iam.gserviceaccount.com"
     assert sorted(options["set-secrets"].split(",")) == [
+        "REDIS_SIGNING_KEY=relay-redis-signing-key:latest",
         "REDIS_URL=relay-redis-url:latest",
         "RELAY_SECRET=relay-relay-secret:latest",
         "THREATSCORE_API_KEY=threatscore-key:latest",
@@ -185,7 +83,7 @@ def test_deploy_asks_google_for_everything_and_no_secret_leaks(gcloud):
     source = Path(options["source"])
     uploaded = {str(p.relative_to(source)) for p in source.rglob("*") if p.is_file()}
     assert uploaded == expected_upload()
-    assert ["meta", "list-files-for-upload", str(source), f"--project={PROJECT}"] in commands
+    assert ["meta", "list-files-for-upload", str(source), f"--project={PROJECT}", "--quiet"] in commands
 
     # The environment: strings only, the audience, the project for the logs, THREADS to match.
     env = yaml.safe_load(Path(options["env-vars-file"]).read_text())
@@ -204,9 +102,10 @@ def test_deploy_asks_google_for_everything_and_no_secret_leaks(gcloud):
         "compute routers create relay-router",
         "compute addresses create relay-egress",
         "compute routers nats create relay-nat",
-        "secrets create relay-relay-secret",
         "redis instances create relay-cache",
+        "secrets create relay-relay-secret",
         "secrets create relay-redis-url",
+        "secrets create relay-redis-signing-key",
     ]
     nat = next(c for c in commands if c[:4] == ["compute", "routers", "nats", "create"])
     assert flags(nat)["nat-external-ip-pool"] == "relay-egress"
@@ -214,19 +113,26 @@ def test_deploy_asks_google_for_everything_and_no_secret_leaks(gcloud):
     redis_create = next(c for c in commands if c[:3] == ["redis", "instances", "create"])
     assert "enable-auth" in flags(redis_create)
     bindings = [c for c in commands if "add-iam-policy-binding" in c]
-    assert sorted(c[2] for c in bindings) == ["relay-redis-url", "relay-relay-secret", "threatscore-key"]
+    assert sorted(c[2] for c in bindings) == [
+        "relay-redis-signing-key",
+        "relay-redis-url",
+        "relay-relay-secret",
+        "threatscore-key",
+    ]
     assert all(c[:2] == ["secrets", "add-iam-policy-binding"] for c in bindings)
     assert all(flags(c)["role"] == "roles/secretmanager.secretAccessor" for c in bindings)
     assert all(flags(c)["member"] == f"serviceAccount:{options['service-account']}" for c in bindings)
 
-    # Secrets went to Secret Manager on standard input only.
-    stored = {
-        c["args"][3]: c["stdin"] for c in gcloud.calls() if c["args"][:3] == ["secrets", "versions", "add"]
-    }
+    # Secrets went to Secret Manager on standard input only; no other call had any input.
+    stored = gcloud.secrets()
     assert stored["relay-redis-url"] == f"redis://:{REDIS_AUTH}@10.20.30.40:6378/0"
     generated = stored["relay-relay-secret"]
     assert len(generated) >= 32 and generated != SHELL_SECRET
-    for secret in (SHELL_SECRET, REDIS_AUTH, generated):
+    signing = stored["relay-redis-signing-key"]
+    assert len(signing) >= 32 and signing != generated
+    for call in gcloud.calls():
+        assert call["stdin_kind"] == ("data" if "--data-file=-" in call["args"] else "devnull"), call
+    for secret in (SHELL_SECRET, REDIS_AUTH, generated, signing):
         assert not any(secret in arg for command in commands for arg in command)
         assert secret not in Path(options["env-vars-file"]).read_text()
         assert secret not in result.stdout + result.stderr
@@ -234,7 +140,7 @@ def test_deploy_asks_google_for_everything_and_no_secret_leaks(gcloud):
     # What the operator is told, and the module type for the deployed URL.
     assert f"URL:       {URL}" in result.stdout
     assert EGRESS_ADDRESS in result.stdout and "Cyberprotect" in result.stdout
-    assert "make register" in result.stdout
+    assert "python -m relay token --aud " + URL in result.stdout  # secret mode: a token to paste
     assert json.loads((gcloud.work / "module_type.json").read_text()) == module_type(URL, "eu")
 
     # Again: nothing is created twice, the Redis URL is unchanged, the function is deployed anew.
@@ -251,26 +157,149 @@ def test_dry_run_prints_the_commands_and_runs_none(gcloud):
     result = gcloud.run(DRY_RUN="1", **FULL)
     assert result.returncode == 0, result.stderr
     assert gcloud.commands() == []  # gcloud was never called
-    printed = [line for line in result.stdout.splitlines() if line.startswith("[dry run] gcloud ")]
+    printed = [
+        line.strip() for line in result.stdout.splitlines() if line.strip().startswith("[dry run] gcloud ")
+    ]
+    assert all(line.endswith("--quiet") or "# standard input" in line for line in printed)
     assert any(" functions deploy relay --gen2 " in line for line in printed)
     assert any(" compute routers nats create relay-nat " in line for line in printed)
-    assert any("secrets versions add relay-relay-secret --data-file=-" in line for line in printed)
+    assert any(" secrets create relay-relay-secret " in line and "--data-file=-" in line for line in printed)
+    assert any(" run services update relay --region=europe-west1 --cpu-boost" in line for line in printed)
     assert SHELL_SECRET not in result.stdout + result.stderr
 
 
-def test_plain_jwks_deploy_has_no_network_and_no_secret(gcloud):
-    result = gcloud.run(GCP_PROJECT=PROJECT, GCP_REGION=REGION, RELAY_AUTH="jwks", CONCURRENCY="40")
+JWKS = {"GCP_PROJECT": PROJECT, "GCP_REGION": REGION, "RELAY_AUTH": "jwks", "XDR_REGION": "eu"}
+
+
+def test_plain_jwks_deploy_has_no_network_and_only_its_access_key(gcloud):
+    result = gcloud.run(**JWKS, CONCURRENCY="40")
     assert result.returncode == 0, result.stderr
     [deploy] = [c for c in gcloud.commands() if c[:2] == ["functions", "deploy"]]
     options = flags(deploy)
-    assert "set-secrets" not in options and "vpc-connector" not in options
-    assert yaml.safe_load(Path(options["env-vars-file"]).read_text())["THREADS"] == "40"
-    assert creates(gcloud.commands()) == ["iam service-accounts create relay-runtime"]
+    assert options["set-secrets"] == "RELAY_ACCESS_KEYS=relay-access-keys:latest"
+    assert "vpc-connector" not in options
+    env = yaml.safe_load(Path(options["env-vars-file"]).read_text())
+    assert env["THREADS"] == "40"
+    # Tokens from the organisation's own region only.
+    assert env["RELAY_JWKS_HOSTS"] == "visibility.eu.amp.cisco.com"
+    assert json.loads((gcloud.work / "module_type.json").read_text()) == module_type(URL, "eu")
+    assert creates(gcloud.commands()) == [
+        "iam service-accounts create relay-runtime",
+        "secrets create relay-access-keys",
+    ]
+    # The access key: random, `soc=` and 43 characters, on standard input only; the operator is
+    # shown the command that reads it, never the value.
+    key = gcloud.secrets()["relay-access-keys"]
+    tenant, value = key.split("=")
+    assert tenant == "soc" and len(value) == 43
+    assert value not in result.stdout + result.stderr
+    assert not any(value in arg for command in gcloud.commands() for arg in command)
+    assert (
+        f"gcloud secrets versions access latest --secret=relay-access-keys --project={PROJECT}"
+        in result.stdout
+    )
+    assert "make register" in result.stdout
+    # Again: the key stays as it is.
+    assert gcloud.run(**JWKS).returncode == 0
+    assert gcloud.secrets()["relay-access-keys"] == key
+
+
+def test_every_call_is_non_interactive(gcloud):
+    result = gcloud.run(**{**FULL, "SECRET_THREATSCORE_API_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    calls = gcloud.calls()
+    assert len(calls) > 20
+    for call in calls:
+        assert "--quiet" in call["args"] and call["prompts_off"], call
+        assert call["stdin_kind"] == ("data" if "--data-file=-" in call["args"] else "devnull"), call
+    # The checks and the one API call come before the first change.
+    words = [" ".join(a for a in c["args"] if not a.startswith("--")) for c in calls]
+    first_change = next(i for i, w in enumerate(words) if " create " in f" {w} ")
+    assert words[:first_change][0] == "auth list"
+    assert [w for w in words if w.startswith("services enable")] == [words[1]]
+    enabled = words[1].split()[2:]
+    assert {"iam.googleapis.com", "cloudfunctions.googleapis.com", "redis.googleapis.com"} <= set(enabled)
+    assert {"projects describe acme-xdr-prod", "functions regions list"} <= set(words[:first_change])
+    # Progress: a line per step with the elapsed time.
+    assert "] Enabling the APIs" in result.stdout and "[0:0" in result.stdout
+
+
+def test_cpu_boost_is_set_once(gcloud):
+    assert gcloud.run(**JWKS).returncode == 0
+    assert gcloud.run(**JWKS).returncode == 0
+    updates = [c for c in gcloud.commands() if c[:3] == ["run", "services", "update"]]
+    assert len(updates) == 1 and "--cpu-boost" in updates[0] and flags(updates[0])["region"] == REGION
+
+
+def test_a_transient_iam_error_is_retried_and_shown(gcloud):
+    result = gcloud.run(**JWKS, FAKE_GCLOUD_FAIL="secrets add-iam-policy-binding=2", IAM_RETRY_SECONDS="60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    bindings = [c for c in gcloud.commands() if c[:2] == ["secrets", "add-iam-policy-binding"]]
+    assert len(bindings) == 3
+    assert result.stdout.count("transient error") == 2
+    assert (
+        "Service account relay-runtime@acme-xdr-prod.iam.gserviceaccount.com does not exist" in result.stdout
+    )
+
+
+def test_a_lasting_iam_error_ends_the_deploy_within_its_bound(gcloud):
+    started = time.monotonic()
+    result = gcloud.run(**JWKS, FAKE_GCLOUD_FAIL="secrets add-iam-policy-binding=-1", IAM_RETRY_SECONDS="3")
+    took = time.monotonic() - started
+    assert result.returncode != 0
+    assert took < 60  # 3 s of retries and the rest of a short deploy, with room for a loaded machine
+    assert "step failed: Secrets in Secret Manager" in result.stderr
+    assert "INVALID_ARGUMENT: Service account" in result.stderr  # Google's error, whole
+    assert "IAM_RETRY_SECONDS" in result.stderr
+    assert not [c for c in gcloud.commands() if c[:2] == ["functions", "deploy"]]
+
+
+def test_any_other_error_stops_at_once_with_the_step_and_what_to_do(gcloud, tmp_path):
+    result = gcloud.run(**JWKS, FAKE_GCLOUD_ACCOUNT="")
+    assert result.returncode != 0
+    assert "gcloud is not logged in" in result.stderr and "gcloud auth login" in result.stderr
+    assert [c[:2] for c in gcloud.commands()] == [["auth", "list"]]
+
+
+def test_gclouds_progress_reaches_the_operator_as_it_comes(gcloud):
+    result = gcloud.run(**JWKS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    deploy_at = next(i for i, line in enumerate(lines) if line.startswith("  $ gcloud functions deploy"))
+    assert lines[deploy_at + 1 : deploy_at + 3] == [
+        "    Preparing function...done.",
+        "    Deploying function...",
+    ]
+
+
+def test_a_region_without_cloud_functions_stops_before_any_change(gcloud):
+    result = gcloud.run(**{**JWKS, "GCP_REGION": "mars-north9"})
+    assert result.returncode != 0
+    assert "GCP_REGION=mars-north9 does not serve Cloud Functions" in result.stderr
+    assert "europe-west1" in result.stderr  # the regions there are
+    assert creates(gcloud.commands()) == []
+
+
+def test_a_build_permission_error_says_what_to_grant(gcloud):
+    google = (
+        "ERROR: (gcloud.functions.deploy) OperationError: code=3, message=Build failed with status: "
+        "FAILURE. Could not build the function due to a missing permission on the build service account."
+    )
+    result = gcloud.run(**JWKS, FAKE_GCLOUD_FAIL="functions deploy=-1", FAKE_GCLOUD_FAIL_MESSAGE=google)
+    assert result.returncode != 0
+    assert "step failed: Deploying the function" in result.stderr
+    assert google in result.stderr  # whole
+    assert (
+        f"gcloud projects add-iam-policy-binding {PROJECT} "
+        f"--member=serviceAccount:{PROJECT_NUMBER}-compute@developer.gserviceaccount.com "
+        "--role=roles/cloudbuild.builds.builder"
+    ) in result.stderr
+    assert len([c for c in gcloud.commands() if c[:2] == ["functions", "deploy"]]) == 1  # not retried
 
 
 def test_settings_from_deploy_env_and_the_environment_wins(gcloud):
     gcloud.deploy_env.write_text(
-        f"# comment\nGCP_PROJECT={PROJECT}\nGCP_REGION=us-central1\nRELAY_AUTH=jwks\n"
+        f"# comment\nGCP_PROJECT={PROJECT}\nGCP_REGION=us-central1\nRELAY_AUTH=jwks\nXDR_REGION=us\n"
         "RELAY_AUDIENCE=https://relay.example.com/\nMAX_INSTANCES=3\nRELAY_DEADLINE=9.5\n"
     )
     result = gcloud.run(GCP_REGION=REGION)
@@ -291,10 +320,15 @@ def test_settings_from_deploy_env_and_the_environment_wins(gcloud):
         ({"CONCURRENCY": "1"}, "CONCURRENCY must be a whole number from 2"),
         ({"RELAY_DEADLINE": "-3"}, "the relay would not start: RELAY_DEADLINE"),
         ({"GCP_PROJECT": "Bad Project"}, "GCP_PROJECT must be a project id"),
+        ({"XDR_REGION": ""}, "XDR_REGION is not set"),
+        ({"XDR_REGION": "mars"}, "XDR_REGION must be one of us, eu, apjc"),
+        ({"RELAY_JWKS_HOSTS": "visibility.amp.cisco.com"}, "leaves out visibility.eu.amp.cisco.com"),
+        ({"SUBNET_RANGE": "8.8.8.0/28"}, "SUBNET_RANGE must be a private /28"),
+        ({"IAM_RETRY_SECONDS": "-1"}, "IAM_RETRY_SECONDS must be a whole number"),
     ],
 )
 def test_bad_settings_stop_before_any_gcloud_call(gcloud, settings, words):
-    result = gcloud.run(**{"GCP_PROJECT": PROJECT, "GCP_REGION": REGION, "RELAY_AUTH": "jwks", **settings})
+    result = gcloud.run(**{**JWKS, **settings})
     assert result.returncode != 0
     assert words in result.stderr
     assert gcloud.commands() == []
@@ -309,17 +343,54 @@ def test_a_secret_in_deploy_env_is_refused(gcloud):
     assert gcloud.commands() == []
 
 
-def test_a_missing_operator_secret_stops_with_how_to_create_it(gcloud):
-    result = gcloud.run(
-        GCP_PROJECT=PROJECT,
-        GCP_REGION=REGION,
-        RELAY_AUTH="jwks",
-        SECRET_THREATSCORE_API_KEY="threatscore-key",
-    )
+def test_a_missing_operator_secret_stops_before_any_resource_is_made(gcloud):
+    result = gcloud.run(**{**FULL, "SECRET_REDIS_URL": "my-redis-url", "REDIS": ""})
     assert result.returncode != 0
     assert "no secret threatscore-key for THREATSCORE_API_KEY" in result.stderr
+    assert "secret my-redis-url for REDIS_URL" in result.stderr
     assert "gcloud secrets create threatscore-key --data-file=-" in result.stderr
-    assert not [c for c in gcloud.commands() if c[:2] == ["functions", "deploy"]]
+    assert "nothing has been created yet" in result.stderr
+    changes = [c for c in gcloud.commands() if {"create", "deploy", "update", "add"} & set(c)]
+    assert changes == []
+    assert gcloud.resources() == []
+
+
+RESOURCE_SETTINGS = (
+    "FUNCTION_NAME",
+    "SERVICE_ACCOUNT",
+    "NETWORK",
+    "SUBNET",
+    "CONNECTOR",
+    "ROUTER",
+    "NAT",
+    "ADDRESS",
+    "REDIS_INSTANCE",
+    "SECRET_RELAY_SECRET",
+    "SECRET_THREATSCORE_API_KEY",
+    "SECRET_REDIS_URL",
+    "SECRET_RELAY_ACCESS_KEYS",
+    "SECRET_REDIS_SIGNING_KEY",
+    "GCP_REGION",
+    "GCP_PROJECT",
+)
+
+
+@pytest.mark.parametrize("variable", RESOURCE_SETTINGS)
+def test_a_name_that_is_a_flag_stops_before_any_gcloud_call(gcloud, variable):
+    """`--impersonate-service-account=...` as a resource name would be read by gcloud as a flag."""
+    flag = "--impersonate-service-account=attacker@evil-project.iam.gserviceaccount.com"
+    auth = "secret" if variable == "SECRET_RELAY_SECRET" else "jwks"
+    result = gcloud.run(**{**FULL, "RELAY_AUTH": auth, variable: flag})
+    assert result.returncode != 0
+    assert f"{variable} must be " in result.stderr and "would reach gcloud as a flag" in result.stderr
+    assert gcloud.commands() == []
+
+
+@pytest.mark.parametrize("variable", [v for v in RESOURCE_SETTINGS if not v.startswith(("GCP_", "SECRET_"))])
+@pytest.mark.parametrize("name", ["Relay", "relay_vpc", "a" * 64, "relay-", "9relay"])
+def test_names_follow_googles_rules(variable, name):
+    with pytest.raises(DeployError, match=f"{variable} must be "):
+        load({**FULL, variable: name}, env_file=Path("/nonexistent"))
 
 
 # --- the upload -----------------------------------------------------------------------------------
@@ -392,3 +463,22 @@ def test_a_fresh_virtualenv_from_the_upload_serves_the_relay(tmp_path):
         assert set(answer.json()) == {"version"}
     finally:
         stop_process(server)
+
+
+def test_which_secrets_each_setup_gets():
+    def secrets(**settings: str) -> dict[str, tuple[str, str]]:
+        loaded = load({**JWKS, **settings}, env_file=Path("/nonexistent"))
+        return {ref.env: (ref.secret, ref.origin) for ref in loaded.secrets}
+
+    assert secrets() == {"RELAY_ACCESS_KEYS": ("relay-access-keys", "random")}
+    # A Redis of one's own: its URL must exist; the signing key is made here.
+    assert secrets(SECRET_REDIS_URL="my-redis") == {
+        "RELAY_ACCESS_KEYS": ("relay-access-keys", "random"),
+        "REDIS_URL": ("my-redis", "operator"),
+        "REDIS_SIGNING_KEY": ("relay-redis-signing-key", "random"),
+    }
+    # Any organisation allowed: no access key, and the relay is told so.
+    loaded = load({**JWKS, "RELAY_ANY_ORGANISATION": "true"}, env_file=Path("/nonexistent"))
+    assert loaded.secrets == () and loaded.relay_env["RELAY_ANY_ORGANISATION"] == "true"
+    with pytest.raises(DeployError, match="two settings name the same secret"):
+        load({**JWKS, "SECRET_REDIS_URL": "same", "SECRET_RELAY_ACCESS_KEYS": "same"}, env_file=Path("/x"))

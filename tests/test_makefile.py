@@ -12,7 +12,20 @@ import pytest
 
 from tests.relay_process import ROOT, free_port, without_relay_settings
 
-TARGETS = ("help", "demo", "run", "test", "lint", "unit", "bench", "loadtest", "clean", "deploy", "register")
+TARGETS = (
+    "help",
+    "demo",
+    "run",
+    "test",
+    "lint",
+    "unit",
+    "bench",
+    "loadtest",
+    "clean",
+    "deploy",
+    "register",
+    "destroy",
+)
 
 
 def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -128,3 +141,52 @@ def test_make_run_names_the_url_it_was_given_and_nothing_more():
 
     assert "make run: the relay sends its lookups to http://127.0.0.1:8081 (Threatscore's v3 API)." in said
     assert "make demo" not in said
+
+
+# What each line of .gitignore stands for in a working tree (deploy.env is the operator's own).
+MADE_BY_TARGETS = {
+    ".venv/": ".venv/bin/python",
+    "__pycache__/": "relay/__pycache__/app.cpython-313.pyc",
+    "*.pyc": "tests/__pycache__/test_app.cpython-313.pyc",
+    ".pytest_cache/": ".pytest_cache/v/cache/nodeids",
+    ".ruff_cache/": ".ruff_cache/0.1/1",
+    ".hypothesis/": ".hypothesis/examples/x",
+    "bench-results/": "bench-results/run.json",
+    ".schemathesis/": ".schemathesis/x",
+    ".simulator/": ".simulator/xdr-key.pem",
+    ".deploy/": ".deploy/source/relay/app.py",
+}
+
+
+def test_make_clean_leaves_the_tree_as_a_fresh_clone(tmp_path):
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".gitignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert set(ignored) == {*MADE_BY_TARGETS, "deploy.env"}  # a new ignored path: add it here and to clean
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    for name in ("Makefile", ".gitignore"):
+        shutil.copy(ROOT / name, clone / name)
+    subprocess.run(["git", "add", "Makefile", ".gitignore"], cwd=clone, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t", "--allow-empty"],
+        cwd=clone,
+        check=True,
+    )
+    for path in [*MADE_BY_TARGETS.values(), "deploy.env"]:
+        (clone / path).parent.mkdir(parents=True, exist_ok=True)
+        (clone / path).write_text("x")
+
+    result = make("clean", cwd=clone)
+
+    assert result.returncode == 0, result.stderr
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert status == ["!! deploy.env"]

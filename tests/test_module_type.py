@@ -59,12 +59,22 @@ def test_committed_module_type_passes_xdrs_schema_and_is_the_generated_one(xdr_s
     assert committed == module_type(PLACEHOLDER_URL, "us")
 
 
+def test_the_access_key_field_is_in_every_output():
+    """`python -m relay module-type` and the committed file carry the required password field
+    (XDR puts it in every token as ACCESS_KEY)."""
+    committed = json.loads((ROOT / "module_type.json").read_text())
+    for document in (committed, module_type(URL, "apjc")):
+        fields = {field["key"]: field for field in document["configuration_spec"]}
+        assert fields["custom_ACCESS_KEY"]["type"] == "password"
+        assert fields["custom_ACCESS_KEY"]["required"] is True
+
+
 def test_the_schema_refuses_what_xdr_refuses(xdr_schema):
     """The check can fail: the key the old file carried (`default`), an unknown top-level key, a
     capability XDR does not know."""
     document = module_type(URL)
     old_spelling = copy.deepcopy(document)
-    old_spelling["configuration_spec"][0]["default"] = 100
+    old_spelling["configuration_spec"][1]["default"] = 100
     assert any("default" in error for error in errors(xdr_schema, old_spelling))
     unknown = {**document, "homepage": "https://example.com"}
     assert errors(xdr_schema, unknown)
@@ -77,7 +87,13 @@ def test_module_type_declares_the_relays_endpoints_and_limit():
     document = module_type(URL)
     assert set(document["properties"]["supported-apis"]) <= set(ENDPOINTS)
     assert {"health", "observe", "deliberate", "refer"} == {c["id"] for c in document["capabilities"]}
-    [limit] = document["configuration_spec"]
+    [access_key, limit] = document["configuration_spec"]
+    assert (access_key["key"], access_key["type"], access_key["label"]) == (
+        "custom_ACCESS_KEY",
+        "password",
+        "Relay access key",
+    )
+    assert access_key["required"] is True and "default_value" not in access_key
     assert (limit["key"], limit["type"], limit["label"]) == (
         "custom_CTR_ENTITIES_LIMIT",
         "integer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -12,6 +13,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from relay.module_type import module_type
+from simulator.xdr import ModuleTypeApi
 from tests.conftest import ROOT
 from tests.relay_process import without_relay_settings
 
@@ -66,23 +68,60 @@ def run_register(xdr: HTTPServer, tmp_path, **settings: str) -> subprocess.Compl
     )
 
 
-def test_register_posts_the_module_type_with_a_client_credentials_token(xdr, tmp_path):
-    received = []
+@pytest.fixture
+def api(xdr) -> ModuleTypeApi:
+    """XDR's module-type API of one organisation (simulator/xdr.py) behind the fake XDR."""
+    organisation = ModuleTypeApi(CLIENT_ID, CLIENT_SECRET, ACCESS_TOKEN)
+    xdr.expect_request(re.compile(".*")).respond_with_handler(organisation.handle)
+    return organisation
 
-    def create(request: Request) -> Response:
-        received.append((request.headers.get("Authorization"), request.get_json()))
-        return Response(json.dumps({"id": "module-type-42", "title": "Threatscore"}), 201)
 
-    xdr.expect_ordered_request("/iroh/oauth2/token", method="POST").respond_with_handler(issue_token)
-    xdr.expect_ordered_request("/iroh/iroh-int/module-type", method="POST").respond_with_handler(create)
+def test_register_creates_the_module_type_with_a_client_credentials_token(api, xdr, tmp_path):
     result = run_register(xdr, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    [(authorization, document)] = received
-    assert authorization == f"Bearer {ACCESS_TOKEN}"
-    assert document == module_type(URL, "eu")
-    assert "module-type-42" in result.stdout
+    [(method, identifier)] = api.changes
+    assert method == "POST"
+    stored = dict(api.module_types[identifier])
+    assert stored.pop("id") == identifier and stored == module_type(URL, "eu")
+    assert f"Created: module type {identifier}" in result.stdout
     for secret in (CLIENT_SECRET, ACCESS_TOKEN):
         assert secret not in result.stdout + result.stderr
+
+
+def test_register_twice_leaves_one_module_type_updated_by_id(api, xdr, tmp_path):
+    assert run_register(xdr, tmp_path).returncode == 0
+    [identifier] = api.module_types
+    moved = "https://relay.example.com/threatscore"
+    again = run_register(xdr, tmp_path, RELAY_AUDIENCE=moved)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert list(api.module_types) == [identifier]
+    assert api.changes == [("POST", identifier), ("PATCH", identifier)]
+    assert api.module_types[identifier]["properties"]["url"] == moved  # its URL included
+    assert f"Updated: module type {identifier}" in again.stdout and moved in again.stdout
+
+
+def test_two_of_that_title_stop_and_are_named(api, xdr, tmp_path):
+    for identifier in ("module-type-a1", "module-type-b2"):
+        api.module_types[identifier] = {**module_type(URL, "eu"), "id": identifier}
+    api.module_types["module-type-other"] = {"id": "module-type-other", "title": "Something else"}
+    result = run_register(xdr, tmp_path)
+    assert result.returncode != 0
+    assert "2 module types titled 'Threatscore'" in result.stderr
+    assert "module-type-a1" in result.stderr and "module-type-b2" in result.stderr
+    assert api.changes == []
+
+
+def test_dry_run_with_credentials_reads_and_says_what_it_would_do(api, xdr, tmp_path):
+    result = run_register(xdr, tmp_path, DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    assert "would create a module type" in result.stdout
+    assert api.changes == [] and api.module_types == {}
+    assert run_register(xdr, tmp_path).returncode == 0
+    [identifier] = api.module_types
+    again = run_register(xdr, tmp_path, DRY_RUN="1")
+    assert f"would update module type {identifier}" in again.stdout
+    assert api.changes == [("POST", identifier)]
+    assert CLIENT_SECRET not in result.stdout + again.stdout + again.stderr
 
 
 def test_xdrs_own_words_when_it_refuses_the_module_type(xdr, tmp_path):
@@ -91,6 +130,7 @@ def test_xdrs_own_words_when_it_refuses_the_module_type(xdr, tmp_path):
         "errors": {"configuration_spec": [{"default": "disallowed-key"}]},
     }
     xdr.expect_request("/iroh/oauth2/token", method="POST").respond_with_handler(issue_token)
+    xdr.expect_request("/iroh/iroh-int/module-type/", method="GET").respond_with_json([])
     xdr.expect_request("/iroh/iroh-int/module-type", method="POST").respond_with_json(refusal, status=400)
     result = run_register(xdr, tmp_path)
     assert result.returncode != 0
@@ -106,11 +146,11 @@ def test_xdrs_own_words_when_it_refuses_the_credentials(xdr, tmp_path):
     assert len([entry for entry, _ in xdr.log if entry.path == "/iroh/iroh-int/module-type"]) == 0
 
 
-def test_dry_run_shows_what_would_be_sent_and_sends_nothing(xdr, tmp_path):
-    result = run_register(xdr, tmp_path, DRY_RUN="1")
+def test_dry_run_without_credentials_shows_what_would_be_sent_and_sends_nothing(xdr, tmp_path):
+    result = run_register(xdr, tmp_path, DRY_RUN="1", XDR_CLIENT_SECRET="")
     assert result.returncode == 0, result.stderr
     assert "/iroh/oauth2/token" in result.stdout and "/iroh/iroh-int/module-type" in result.stdout
-    assert CLIENT_ID in result.stdout and CLIENT_SECRET not in result.stdout + result.stderr
+    assert CLIENT_ID in result.stdout and "PATCH" in result.stdout and "custom_ACCESS_KEY" in result.stdout
     assert URL in result.stdout and "visibility.eu.amp.cisco.com" in result.stdout
     assert xdr.log == []
 
@@ -121,6 +161,7 @@ def test_a_module_type_file_of_ones_own_is_sent_as_is(xdr, tmp_path):
     path.write_text(json.dumps(own))
     received = []
     xdr.expect_request("/iroh/oauth2/token", method="POST").respond_with_handler(issue_token)
+    xdr.expect_request("/iroh/iroh-int/module-type/", method="GET").respond_with_json([])
     xdr.expect_request("/iroh/iroh-int/module-type", method="POST").respond_with_handler(
         lambda request: received.append(request.get_json()) or Response("{}", 201)
     )
