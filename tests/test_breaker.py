@@ -156,7 +156,9 @@ def test_a_503_outage_on_three_instances_fails_fast_costs_one_probe_per_cool_dow
 
 
 def test_without_redis_each_instance_has_its_own_breaker(threatscore, launch_relay):
-    relay = launch_relay(RELAY_LOOKUP_INTERNAL="true", BREAKER_FAILURES="2", BREAKER_COOL_DOWN="60", THREATSCORE_RETRIES="0")
+    relay = launch_relay(
+        RELAY_LOOKUP_INTERNAL="true", BREAKER_FAILURES="2", BREAKER_COOL_DOWN="60", THREATSCORE_RETRIES="0"
+    )
     threatscore.fallback(lambda _value: OUTAGE)
     body = observe(relay.url, [ip("198.18.60.1")])
     body = observe(relay.url, [ip("198.18.60.2")])
@@ -167,7 +169,12 @@ def test_without_redis_each_instance_has_its_own_breaker(threatscore, launch_rel
 
 
 def test_refusals_not_found_and_429_do_not_open_the_breaker(threatscore, launch_relay):
-    relay = launch_relay(RELAY_LOOKUP_INTERNAL="true", BREAKER_FAILURES="2", THREATSCORE_RETRIES="0", THREATSCORE_MAX_RETRY_AFTER="0")
+    relay = launch_relay(
+        RELAY_LOOKUP_INTERNAL="true",
+        BREAKER_FAILURES="2",
+        THREATSCORE_RETRIES="0",
+        THREATSCORE_MAX_RETRY_AFTER="0",
+    )
     threatscore.fallback(lambda _value: Scripted(status=403, body={"error": {"message": "not allowed"}}))
     observe(relay.url, batch("198.18.70", 5))
     threatscore.fallback(lambda _value: Scripted(status=429, body={"error": "slow down"}))
@@ -220,7 +227,9 @@ def test_an_absurd_retry_after_holds_every_instance_back_only_for_the_bound(
 
 def test_a_hanging_threatscore_opens_the_breaker_by_its_timeouts(threatscore, launch_relay):
     threatscore.fallback(lambda _value: Scripted(body={"scores": []}, delay=30))  # never in time
-    relay = launch_relay(RELAY_LOOKUP_INTERNAL="true", BREAKER_FAILURES="5", THREATSCORE_TIMEOUT="1", RELAY_DEADLINE="10")
+    relay = launch_relay(
+        RELAY_LOOKUP_INTERNAL="true", BREAKER_FAILURES="5", THREATSCORE_TIMEOUT="1", RELAY_DEADLINE="10"
+    )
 
     first, first_took = timed(lambda: observe(relay.url, batch("198.18.80")))
     second, second_took = timed(lambda: observe(relay.url, batch("198.18.81")))
@@ -235,7 +244,12 @@ def test_a_hanging_threatscore_opens_the_breaker_by_its_timeouts(threatscore, la
 
 def test_lookups_cut_short_by_a_large_batchs_deadline_do_not_open_the_breaker(threatscore, launch_relay):
     threatscore.fallback(lambda _value: Scripted(body={"scores": []}, delay=0.5))  # healthy, slow-ish
-    relay = launch_relay(RELAY_LOOKUP_INTERNAL="true", BREAKER_FAILURES="2", RELAY_DEADLINE="1.2", THREATSCORE_MAX_CONCURRENCY="5")
+    relay = launch_relay(
+        RELAY_LOOKUP_INTERNAL="true",
+        BREAKER_FAILURES="2",
+        RELAY_DEADLINE="1.2",
+        THREATSCORE_MAX_CONCURRENCY="5",
+    )
 
     body = observe(relay.url, batch("198.18.90", 40))  # more than fits in the deadline
 
