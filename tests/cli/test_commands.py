@@ -264,33 +264,21 @@ def test_the_commands_are_one_table():
 
 def test_python_m_relay_runs_and_the_old_token_entry_point_says_where_it_went(catalogue):
     env = {**without_relay_settings(os.environ), "THREATSCORE_API_URL": catalogue.url}
-    looked_up = subprocess.run(
-        [sys.executable, "-m", "relay", "lookup", "198.51.100.7"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    moved = subprocess.run(
-        [sys.executable, "-m", "relay.token"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    usage = subprocess.run(
-        [sys.executable, "-m", "relay"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def python_m(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", *argv],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    looked_up = python_m("relay", "lookup", "198.51.100.7")
+    moved = python_m("relay.token")
+    usage = python_m("relay")
 
     assert looked_up.returncode == 0 and "Malicious" in looked_up.stdout
     assert looked_up.stderr == ""  # no log noise on a good lookup
