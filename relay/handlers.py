@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -33,7 +33,7 @@ from relay.errors import (
 )
 from relay.logs import RequestStats
 from relay.lookup import Lookup, Outcome
-from relay.mapping import MappingOptions, map_answer, search_url
+from relay.mapping import MappingOptions, ObservableEntities, map_answer, respelled, search_url
 from relay.observables import (
     OBSERVABLE_TYPES,
     TYPES,
@@ -144,6 +144,10 @@ class Handlers:
         # The smallest size of a lookup's docs seen in this request: a spelling of a lookup that
         # cannot fit any more is left out without being mapped (its docs are as large).
         lookup_sizes: dict[str, int] = {}
+        # A lookup is mapped once a request: its other spellings get a respelled copy of the first
+        # one's entities, and a lookup whose answer cannot be mapped is not tried again.
+        mapped_lookups: dict[str, MappedAnswer] = {}
+        unmappable: set[str] = set()
         stop_mapping_at = context.deadline + MAPPING_GRACE_SECONDS
         for observable in observables:
             outcome = outcomes[observable.cache_key]
@@ -158,15 +162,27 @@ class Handlers:
             if time.monotonic() > stop_mapping_at:
                 out_of_time += 1
                 continue
-            try:
-                mapped = self._mapped.get(observable, outcome, options, kinds, context.now)
-            except Exception:  # one answer the relay cannot map costs that observable only
-                logger.exception("mapping a Threatscore answer to CTIM failed")
-                self._lookups.of(context.tenant).forget(observable.cache_key)  # ask again next time
+            mapped = None
+            if observable.cache_key not in unmappable:
+                try:
+                    mapped = self._mapped.get(
+                        observable,
+                        outcome,
+                        options,
+                        kinds,
+                        context.now,
+                        mapped_lookups.get(observable.cache_key),
+                    )
+                except Exception:  # one answer the relay cannot map costs its observables only
+                    logger.exception("mapping a Threatscore answer to CTIM failed")
+                    self._lookups.of(context.tenant).forget(observable.cache_key)  # ask again next time
+                    unmappable.add(observable.cache_key)
+            if mapped is None:
                 error = InternalError("the relay could not map Threatscore's answer to CTIM")
                 errors.append(error.about(observable.value))
                 context.stats.count_error(error.code, error.message)
                 continue
+            mapped_lookups.setdefault(observable.cache_key, mapped)
             lookup_sizes[observable.cache_key] = min(mapped.size, known_size or mapped.size)
             new_indicators = [doc for doc in mapped.indicators if doc["id"] not in indicator_ids]
             added = mapped.size + sum(mapped.indicator_sizes[doc["id"]] for doc in new_indicators)
@@ -247,6 +263,7 @@ class MappedAnswer:
     because an indicator that several observables share is listed once."""
 
     answer: object  # the answer mapped: an entry is reused only for this very object
+    entities: ObservableEntities  # of the kinds asked for (the others empty): what is respelled
     docs: dict[str, list[dict]]
     indicators: list[dict]
     size: int
@@ -260,6 +277,9 @@ class MappedAnswers:
     answer served from the cache maps to the same docs on every request: mapping it and
     measuring the docs once, rather than on every request, takes most of the work off a
     cached observable. Bounded in bytes of docs; entries are shared read-only.
+
+    An entry is one spelling's: on a miss, the entry of another spelling of the same lookup
+    mapped earlier in the request (`spelling_of`) is respelled rather than the answer mapped again.
     """
 
     MAX_BYTES = 16 * 1024 * 1024
@@ -275,6 +295,7 @@ class MappedAnswers:
         options: MappingOptions,
         kinds: tuple[str, ...],
         request_time: datetime,
+        spelling_of: MappedAnswer | None = None,
     ) -> MappedAnswer:
         key = (observable, options, kinds, outcome.fetched_at)
         if outcome.fetched_at is not None:
@@ -282,7 +303,10 @@ class MappedAnswers:
                 entry = self._entries.get(key)
             if entry is not None and entry.answer is outcome.answer:
                 return entry
-        entry = _mapped(observable, outcome.answer, options, kinds, outcome.fetched_at or request_time)
+        if spelling_of is not None and spelling_of.answer is outcome.answer:
+            entry = _respelled(spelling_of, observable, kinds)
+        else:
+            entry = _mapped(observable, outcome.answer, options, kinds, outcome.fetched_at or request_time)
         if outcome.fetched_at is not None and entry.size <= self.MAX_BYTES // 16:
             with self._lock:
                 self._entries[key] = entry
@@ -290,7 +314,8 @@ class MappedAnswers:
 
 
 def _entry_bytes(entry: MappedAnswer) -> int:
-    return entry.size + sum(entry.indicator_sizes.values()) + 512
+    # + the ids a respelling needs (about 160 bytes each)
+    return entry.size + sum(entry.indicator_sizes.values()) + 160 * len(entry.entities.spelled_ids) + 512
 
 
 def _mapped(
@@ -298,15 +323,28 @@ def _mapped(
 ) -> MappedAnswer:
     # valid_time counts from when Threatscore was asked: a cached answer maps the same everywhere.
     entities = map_answer(observable, answer, options, now=asked_at)
-    docs = {kind: getattr(entities, kind) for kind in kinds if kind != "indicators"}
-    indicators = entities.indicators if "indicators" in kinds else []
+    # Only the kinds asked for: nothing else is measured, or respelled for another spelling.
+    entities = replace(entities, **{kind: [] for kind in ENTITY_KINDS if kind not in kinds})
+    docs, indicators = _docs(entities, kinds), entities.indicators
     return MappedAnswer(
         answer=answer,
+        entities=entities,
         docs=docs,
         indicators=indicators,
         size=_size(docs),
         indicator_sizes={doc["id"]: _size(doc) + 1 for doc in indicators},  # +1: the comma
     )
+
+
+def _respelled(mapped: MappedAnswer, observable: Observable, kinds: tuple[str, ...]) -> MappedAnswer:
+    """`mapped`, another spelling's, for `observable`: its indicators and their sizes are the same."""
+    entities = respelled(mapped.entities, observable)
+    docs = _docs(entities, kinds)
+    return replace(mapped, entities=entities, docs=docs, indicators=entities.indicators, size=_size(docs))
+
+
+def _docs(entities: ObservableEntities, kinds: tuple[str, ...]) -> dict[str, list[dict]]:
+    return {kind: getattr(entities, kind) for kind in kinds if kind != "indicators"}
 
 
 def _size(docs: dict) -> int:

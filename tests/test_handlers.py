@@ -4,10 +4,12 @@ every v3 type, the entity kinds, refusals, per-observable mapping failures and t
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 
 import pytest
 
-from relay.handlers import MAX_ANSWER_BYTES, health_probe
+from relay.handlers import ENTITY_KINDS, MAX_ANSWER_BYTES, health_probe
 from relay.observables import TYPES_BY_API
 from tests import answers
 from tests.ctim import check_answer
@@ -253,6 +255,132 @@ def test_a_cached_answer_is_mapped_once_and_a_new_answer_again():
     assert mapped.get(observable, uncached, options, ENTITY_KINDS, later) is not mapped.get(
         observable, uncached, options, ENTITY_KINDS, later
     )
+
+
+class _Answered:
+    """A lookup that has every answer already, by cache key; records what it is told to forget."""
+
+    def __init__(self, outcomes: dict):
+        self._outcomes = outcomes
+        self.forgotten: list[str] = []
+
+    def look_up(self, observables, _deadline, _stats):
+        return {observable.cache_key: self._outcomes[observable.cache_key] for observable in observables}
+
+    def forget(self, cache_key):
+        self.forgotten.append(cache_key)
+
+
+def _counting_mappings(monkeypatch) -> list[str]:
+    """The cache keys of the observables the handlers map an answer for, one per mapping."""
+    import relay.handlers
+    from relay.mapping import map_answer
+
+    mapped: list[str] = []
+
+    def counted(observable, *args, **kwargs):
+        mapped.append(observable.cache_key)
+        return map_answer(observable, *args, **kwargs)
+
+    monkeypatch.setattr(relay.handlers, "map_answer", counted)
+    return mapped
+
+
+@pytest.mark.parametrize(("endpoint", "kinds"), [("observe", ENTITY_KINDS), ("deliberate", ("verdicts",))])
+def test_a_lookup_is_mapped_once_a_request_and_each_spelling_gets_its_own_entities(
+    monkeypatch, endpoint, kinds
+):
+    from relay.config import Settings
+    from relay.handlers import Handlers, RequestContext
+    from relay.lookup import Outcome
+    from relay.mapping import MappingOptions, map_answer
+    from relay.observables import Observable
+    from relay.schemas import parse_v3_answer
+
+    fetched_at = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    outcomes = {
+        "ip:198.51.100.7": Outcome(answer=parse_v3_answer(answers.V3_FOUND), fetched_at=fetched_at),
+        "ip:203.0.113.5": Outcome(
+            answer=parse_v3_answer(answers.V3_EPOCH_AND_ODD_LEVEL), fetched_at=fetched_at
+        ),
+    }
+    spellings = [
+        Observable("ip", "198.51.100.7", "198.51.100.7"),
+        Observable("ipv6", "::ffff:203.0.113.5", "203.0.113.5"),
+        Observable("ipv6", "::ffff:198.51.100.7", "198.51.100.7"),
+        Observable("ip", " 198.51.100.7 ", "198.51.100.7"),
+        Observable("ip", "203.0.113.5", "203.0.113.5"),
+        Observable("ipv6", "0:0:0:0:0:FFFF:C633:6407", "198.51.100.7"),
+    ]
+    handlers = Handlers(Settings(threatscore_api="v3"), _Answered(outcomes))
+    mapped = _counting_mappings(monkeypatch)
+    context = RequestContext(entities_limit=100, deadline=time.monotonic() + 60, now=datetime.now(UTC))
+
+    # What mapping every spelling on its own gives, an indicator listed once.
+    options = MappingOptions(
+        ui_url=Settings().threatscore_ui_url, valid_days=Settings().ctim_valid_days, entities_limit=100
+    )
+    expected: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for observable in spellings:
+        entities = map_answer(observable, outcomes[observable.cache_key].answer, options, fetched_at)
+        for kind in kinds:
+            expected[kind].extend(
+                doc for doc in getattr(entities, kind) if kind != "indicators" or doc not in expected[kind]
+            )
+    mapped.clear()
+
+    for _ in range(2):  # then again, from the mapped answers of the first request
+        body = getattr(handlers, endpoint)(spellings, context)
+        assert "errors" not in body
+        assert body["data"] == {kind: {"count": len(docs), "docs": docs} for kind, docs in expected.items()}
+        assert sorted(mapped) == ["ip:198.51.100.7", "ip:203.0.113.5"]  # once each, in the first request
+    verdicts = body["data"]["verdicts"]["docs"]
+    assert [verdict["observable"]["value"] for verdict in verdicts] == [
+        observable.value for observable in spellings
+    ]
+    assert len({verdict["judgement_id"] for verdict in verdicts}) == len(spellings)
+
+
+def test_an_answer_that_cannot_be_mapped_is_tried_once_a_request_for_all_its_spellings(monkeypatch):
+    from relay.config import Settings
+    from relay.handlers import Handlers, RequestContext
+    from relay.lookup import Outcome
+    from relay.observables import Observable
+    from relay.schemas import parse_score_answer
+
+    # Year 9999 parses, but its validity end (7 days on) is past the calendar.
+    far = answers.with_scores(0.9, aggregate=0.9, date="9999-12-31T00:00:00.000Z")
+    fetched_at = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    lookup = _Answered(
+        {
+            "domain:far.example": Outcome(answer=parse_score_answer(far), fetched_at=fetched_at),
+            "ip:198.51.100.7": Outcome(
+                answer=parse_score_answer(answers.FOUR_ENGINES), fetched_at=fetched_at
+            ),
+        }
+    )
+    handlers = Handlers(Settings(threatscore_api="score"), lookup)
+    mapped = _counting_mappings(monkeypatch)
+    spellings = [
+        Observable("domain", "far.example", "far.example"),
+        Observable("ip", "198.51.100.7", "198.51.100.7"),
+        Observable("domain", "FAR.Example.", "far.example"),
+    ]
+    context = RequestContext(entities_limit=100, deadline=time.monotonic() + 60, now=datetime.now(UTC))
+
+    body = handlers.observe(spellings, context)
+
+    assert body["errors"] == [
+        {
+            "type": "fatal",
+            "code": "internal error",
+            "message": f"{value}: the relay could not map Threatscore's answer to CTIM",
+        }
+        for value in ("far.example", "FAR.Example.")
+    ]
+    assert [v["observable"]["value"] for v in body["data"]["verdicts"]["docs"]] == ["198.51.100.7"]
+    assert sorted(mapped) == ["domain:far.example", "ip:198.51.100.7"]
+    assert lookup.forgotten == ["domain:far.example"]  # its cache entry dropped, once
 
 
 @pytest.mark.parametrize(

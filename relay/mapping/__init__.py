@@ -6,14 +6,15 @@ what Threatscore's categories and flags mean; `ctim` holds the entity
 builders both APIs share; `score` maps the score API's answer and `v3` the v3
 API's. `map_answer` picks by the API the answer names (so an answer cached by
 the other backend is still mapped right). `now` is the time of the lookup, an
-input of each call.
+input of each call. `respelled` gives another spelling of the same lookup the
+entities mapping it would give, from those of one spelling.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from relay.mapping.ctim import MappingOptions, ObservableEntities, search_url
+from relay.mapping.ctim import MappingOptions, ObservableEntities, respelled, search_url
 from relay.mapping.dispositions import disposition_for
 from relay.mapping.facts import AnswerFacts, answer_facts
 from relay.mapping.score import map_score_answer
@@ -27,6 +28,7 @@ __all__ = [
     "answer_facts",
     "disposition_for",
     "map_answer",
+    "respelled",
     "search_url",
 ]
 

@@ -21,6 +21,7 @@ TLP = "white"
 MAX_REASON = 1024  # CTIM's bound on a judgement's reason
 MAX_SHORT_STRING = 1024  # CTIM's ShortString: titles, tags, producer
 MAX_DESCRIPTION = 2048  # kept within CTIM's MedString, though a description may be longer
+ID_MATERIAL_SEPARATOR = "\x1f"  # joins an id's material; never in an observable's value (printable)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class ObservableEntities:
     indicators: list[dict] = field(default_factory=list)
     sightings: list[dict] = field(default_factory=list)
     relationships: list[dict] = field(default_factory=list)
+    # Each id derived from the observable's spelling (its type and value), with its kind and the
+    # rest of its material as the id joins it: what `respelled` needs to give another spelling
+    # its own ids.
+    spelled_ids: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def search_url(ui_url: str, value: str) -> str:
@@ -59,6 +64,7 @@ class EntityBuilder:
         self.ctim_observable = observable.to_ctim()
         self.source_uri = search_url(options.ui_url, observable.lookup_value)
         self._valid_times: dict[str, dict] = {}
+        self.spelled_ids: dict[str, tuple[str, str]] = {}  # what ObservableEntities.spelled_ids says
 
     def judgement(
         self,
@@ -71,9 +77,8 @@ class EntityBuilder:
     ) -> dict:
         """`scored_at` None: Threatscore gave no date (valid from the lookup on)."""
         # repr, not the float, is the material: 0.0 and -0.0 are equal floats but different ids.
-        material = (self.observable.type, self.observable.value, scorer, scored_at or "", repr(score))
         return {
-            "id": transient_id("judgement", *material),
+            "id": self._spelled_id("judgement", scorer, scored_at or "", repr(score)),
             "type": "judgement",
             "schema_version": SCHEMA_VERSION,
             "source": SOURCE,
@@ -88,6 +93,12 @@ class EntityBuilder:
             "tlp": TLP,
             "valid_time": self.valid_time(scored_at),
         }
+
+    def _spelled_id(self, kind: str, *material: str) -> str:
+        """The id of an entity of this observable: its spelling, then the rest of its material."""
+        entity_id = transient_id(kind, self.observable.type, self.observable.value, *material)
+        self.spelled_ids[entity_id] = (kind, "".join(ID_MATERIAL_SEPARATOR + part for part in material))
+        return entity_id
 
     def valid_time(self, scored_at: str | None) -> dict:
         """From the score's date until `valid_days` after the later of that date and the lookup.
@@ -142,7 +153,7 @@ class EntityBuilder:
             else f"between {start.date().isoformat()} and {end.date().isoformat()}"
         )
         sighting = {
-            "id": transient_id("sighting", self.observable.type, self.observable.value),
+            "id": self._spelled_id("sighting"),
             "type": "sighting",
             "schema_version": SCHEMA_VERSION,
             "source": SOURCE,
@@ -169,7 +180,7 @@ class EntityBuilder:
 
     def relationship(self, relationship_type: str, source_ref: str, target_ref: str) -> dict:
         return {
-            "id": transient_id("relationship", relationship_type, source_ref, target_ref),
+            "id": relationship_id(relationship_type, source_ref, target_ref),
             "type": "relationship",
             "schema_version": SCHEMA_VERSION,
             "relationship_type": relationship_type,
@@ -178,6 +189,55 @@ class EntityBuilder:
             "source": SOURCE,
             "tlp": TLP,
         }
+
+
+def relationship_id(relationship_type: str, source_ref: str, target_ref: str) -> str:
+    return transient_id("relationship", relationship_type, source_ref, target_ref)
+
+
+def _fresh_relationship_id(relationship_type: str, source_ref: str, target_ref: str) -> str:
+    """`relationship_id`, not remembered: a new spelling's ids are new."""
+    return _id_of("relationship", ID_MATERIAL_SEPARATOR.join((relationship_type, source_ref, target_ref)))
+
+
+def respelled(entities: ObservableEntities, observable: Observable) -> ObservableEntities:
+    """What mapping the same answer for `observable`, another spelling of the lookup `entities`
+    were mapped for (the same `cache_key`), gives, without mapping it again: the entities with
+    `observable` for the observable and the ids derived from it, the relationships between them
+    pointing at those ids. The indicators (one per concept, the same for every observable) are
+    the same objects; so are the values nested in the copies, which are shared read-only."""
+    # The id's material starts with the spelling; not remembered (`transient_id`): it is new.
+    spelling = ID_MATERIAL_SEPARATOR.join((observable.type, observable.value))
+    new_ids = {
+        entity_id: _id_of(kind, spelling + rest) for entity_id, (kind, rest) in entities.spelled_ids.items()
+    }
+    ctim_observable = observable.to_ctim()
+
+    def relationship(doc: dict) -> dict:
+        source_ref = new_ids.get(doc["source_ref"], doc["source_ref"])
+        target_ref = new_ids.get(doc["target_ref"], doc["target_ref"])
+        return {
+            **doc,
+            "id": _fresh_relationship_id(doc["relationship_type"], source_ref, target_ref),
+            "source_ref": source_ref,
+            "target_ref": target_ref,
+        }
+
+    return ObservableEntities(
+        verdicts=[
+            {**doc, "observable": ctim_observable, "judgement_id": new_ids[doc["judgement_id"]]}
+            for doc in entities.verdicts
+        ],
+        judgements=[
+            {**doc, "id": new_ids[doc["id"]], "observable": ctim_observable} for doc in entities.judgements
+        ],
+        indicators=list(entities.indicators),
+        sightings=[
+            {**doc, "id": new_ids[doc["id"]], "observables": [ctim_observable]} for doc in entities.sightings
+        ],
+        relationships=[relationship(doc) for doc in entities.relationships],
+        spelled_ids={new_ids[entity_id]: material for entity_id, material in entities.spelled_ids.items()},
+    )
 
 
 def verdict(judgement: dict) -> dict:
@@ -216,12 +276,16 @@ def ctim_time(moment: datetime) -> str:
 
 def transient_id(kind: str, *material: str) -> str:
     """Deterministic: the same kind and material give the same id."""
-    return _transient_id_of(kind, "\x1f".join(material))
+    return _transient_id_of(kind, ID_MATERIAL_SEPARATOR.join(material))
 
 
 @functools.lru_cache(maxsize=8192)
 def _transient_id_of(kind: str, material: str) -> str:
     """Remembered: a cached answer is mapped again on every request."""
+    return _id_of(kind, material)
+
+
+def _id_of(kind: str, material: str) -> str:
     # surrogatepass: a lone surrogate (valid in a JSON string from upstream) still has bytes.
     digest = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
     return f"transient:threatscore-{kind}-{digest}"

@@ -24,8 +24,8 @@ from relay.schemas import ScoreAnswer
 def map_score_answer(
     observable: Observable, answer: ScoreAnswer, options: MappingOptions, now: datetime
 ) -> ObservableEntities:
-    entities = ObservableEntities()
     build = EntityBuilder(observable, options, now)
+    entities = ObservableEntities(spelled_ids=build.spelled_ids)
     overall = assessment(answer)
     if overall is not None:
         counted = tally(((analysis.date, analysis.score) for analysis in overall.analyses), now)

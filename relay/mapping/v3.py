@@ -33,8 +33,8 @@ from relay.schemas import V3Answer
 def map_v3_answer(
     observable: Observable, answer: V3Answer, options: MappingOptions, now: datetime
 ) -> ObservableEntities:
-    entities = ObservableEntities()
     build = EntityBuilder(observable, options, now)
+    entities = ObservableEntities(spelled_ids=build.spelled_ids)
     limit = options.entities_limit
     overall = assessment(answer)
     said = concepts(answer)
