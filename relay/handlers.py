@@ -32,7 +32,7 @@ from relay.errors import (
     envelope,
 )
 from relay.logs import RequestStats
-from relay.lookup import Lookup, Outcome
+from relay.lookup import NOT_IN_TIME, Lookup, Outcome
 from relay.mapping import MappingOptions, ObservableEntities, map_answer, respelled, search_url
 from relay.observables import (
     OBSERVABLE_TYPES,
@@ -253,7 +253,7 @@ class HealthChecks:
         try:
             return self._flight.do("health", probed, deadline)
         except FlightWaitTimeoutError:
-            return DeadlineExceededError("Threatscore did not answer before the relay's deadline")
+            return DeadlineExceededError(NOT_IN_TIME)
 
 
 @dataclass(frozen=True)

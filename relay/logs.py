@@ -261,7 +261,7 @@ class CloudLoggingFormatter(logging.Formatter):
         entry = _bounded(entry)
         if stack_trace is not None:
             # Its end is where the error is: that is what a cut keeps.
-            trace = redact(escaped(stack_trace, keep="\n\t"))
+            trace = _shown(stack_trace)
             entry["stack_trace"] = (
                 trace if len(trace) <= MAX_STACK_TRACE_CHARS else "..." + trace[-MAX_STACK_TRACE_CHARS:]
             )

@@ -2,9 +2,10 @@
 
 One row per value asked, in order: the verdict, the score, the categories and flags,
 the judgements and the Threatscore link of a value answered; the error of a value
-that failed; why a value was not looked up. The score is read from the answer's
-facts (`relay.mapping.facts`), the same number and format for both backends; the
-rest from the CTIM answer, as XDR shows it.
+that failed; why a value was not looked up. The score and the categories are read
+from the answer's facts (`relay.mapping.facts`, the ones the CTIM mapping is made
+from), the same number and format for both backends; the verdict and the judgements
+from the CTIM answer, as XDR shows it.
 
 On a terminal the verdicts are in colour and the rows fit its width; piped, or
 with NO_COLOR set, the table is plain and whole.
@@ -53,11 +54,6 @@ def looked_up_rows(
     data = answer.get("data", {})
     verdicts = {_key(doc["observable"]): doc for doc in _docs(data, "verdicts")}
     judgements = _docs(data, "judgements")
-    by_id = {doc.get("id"): doc for doc in (*judgements, *_docs(data, "indicators"))}
-    based_on: dict[str, list[str]] = {}
-    for relation in _docs(data, "relationships"):
-        if relation.get("relationship_type") == "based-on":
-            based_on.setdefault(relation.get("source_ref"), []).append(relation.get("target_ref"))
     errors = _errors_by_value(answer.get("errors", []), [observable.value for _, observable, _ in looked_up])
     rows: list[Row] = []
     for given, observable, link in looked_up:
@@ -74,18 +70,10 @@ def looked_up_rows(
             continue
         row.verdict = verdict.get("disposition_name", "")
         facts = answer_facts(answers.get(observable.cache_key))
-        if facts is not None and facts.score_percent is not None:
-            row.score = f"{facts.score_percent:.1f} %"
-        aggregate = by_id.get(verdict.get("judgement_id"), {})
-        indicators = [by_id.get(ref, {}) for ref in based_on.get(aggregate.get("id"), [])]
-        row.categories = ", ".join(_indicator_word(doc) for doc in indicators if doc)
+        if facts is not None:
+            row.score = "" if facts.score_percent is None else f"{facts.score_percent:.1f} %"
+            row.categories = ", ".join(facts.categories)
     return rows
-
-
-def _indicator_word(indicator: dict) -> str:
-    """`phishing` for a category, `flag: attack` for an indicator flag (the indicator's tags)."""
-    tags = indicator.get("tags") or [indicator.get("title", "")]
-    return f"flag: {tags[0]}" if "indicator" in tags[1:] else str(tags[0])
 
 
 def _docs(data: Any, kind: str) -> list[dict]:

@@ -36,8 +36,9 @@ V3_ANSWER = {
 }
 
 
-def test_the_table_reads_categories_and_scores_from_indicators_and_relationships():
-    # The shape the v3 mapping gives (issue 8): the aggregate judgement based-on each indicator.
+def test_the_table_reads_score_and_categories_from_the_answers_facts():
+    # The verdict and the judgements count come from the CTIM answer, as XDR shows it; the score
+    # and the categories from the answer's facts, never from the words of a reason or a title.
     observable = {"type": "url", "value": "http://phish.example/login"}
     answer = {
         "data": {
@@ -53,40 +54,9 @@ def test_the_table_reads_categories_and_scores_from_indicators_and_relationships
                     {
                         "id": "j-aggregate",
                         "observable": observable,
-                        "reason": "whatever the words say: score 12",
+                        "reason": "whatever the words say: score 12; categories: spam",
                     },
                     {"id": "j-row", "observable": observable, "reason": "Analysis 1f2e: score 0.85"},
-                ],
-            },
-            "indicators": {
-                "count": 2,
-                "docs": [
-                    {
-                        "id": "i-phishing",
-                        "title": "Threatscore category: phishing",
-                        "tags": ["phishing", "category"],
-                    },
-                    {
-                        "id": "i-compromise",
-                        "title": "Threatscore indicator: compromise",
-                        "tags": ["compromise", "indicator"],
-                    },
-                ],
-            },
-            "relationships": {
-                "count": 3,
-                "docs": [
-                    {
-                        "relationship_type": "based-on",
-                        "source_ref": "j-aggregate",
-                        "target_ref": "i-phishing",
-                    },
-                    {
-                        "relationship_type": "based-on",
-                        "source_ref": "j-aggregate",
-                        "target_ref": "i-compromise",
-                    },
-                    {"relationship_type": "sighting-of", "source_ref": "s-1", "target_ref": "i-phishing"},
                 ],
             },
         }
@@ -99,7 +69,7 @@ def test_the_table_reads_categories_and_scores_from_indicators_and_relationships
     assert (row.verdict, row.score, row.categories, row.judgements) == (
         "Malicious",
         "85.0 %",
-        "phishing, flag: compromise",
+        "phishing, compromise",  # `compromission` is the concept `compromise`
         "2",
     )
     assert row.link == "https://ui/x" and row.message == "" and row.outcome == ANSWERED
